@@ -52,9 +52,9 @@ kube_work() {
       echo "replace ("
     } >"$mod"
     # Every staging module that k8s.io/kubernetes replaces with a local path.
-    (cd "$work" && GOFLAGS= go mod download -json "k8s.io/kubernetes@$KUBERNETES_VERSION" >/dev/null)
+    (cd "$work" && GOFLAGS='' go mod download -json "k8s.io/kubernetes@$KUBERNETES_VERSION" >/dev/null)
     local kmod
-    kmod="$(GOFLAGS= go env GOMODCACHE)/cache/download/k8s.io/kubernetes/@v/$KUBERNETES_VERSION.mod"
+    kmod="$(GOFLAGS='' go env GOMODCACHE)/cache/download/k8s.io/kubernetes/@v/$KUBERNETES_VERSION.mod"
     sed -n 's#^[[:space:]]*\(k8s\.io/[a-z0-9./-]*\) => \./staging/.*#\1#p' "$kmod" | while read -r staging; do
       echo "	$staging => $staging $staging_version"
     done >>"$mod"

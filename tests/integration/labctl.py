@@ -1,0 +1,93 @@
+"""Helpers the integration tests use to look at the lab from outside."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+LAB = os.environ.get("KUBECRYPT_LAB_DIR", os.path.join(REPO, ".lab"))
+NODES = {"cp1": "127.0.0.11", "cp2": "127.0.0.12", "cp3": "127.0.0.13"}
+LB = "127.0.0.10"
+
+
+def lab_path(*parts):
+    return os.path.join(LAB, *parts)
+
+
+def manifests_dir(node):
+    return lab_path("nodes", node, "etc", "kubernetes", "manifests")
+
+
+def kubectl(*args, server=None, check=True, input=None):
+    argv = [lab_path("bin", "kubectl"), "--kubeconfig", lab_path("admin.conf")]
+    if server:
+        argv += ["--server", "https://%s:6443" % server]
+    result = subprocess.run(argv + list(args), input=input, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, timeout=120, check=False)
+    if check and result.returncode != 0:
+        raise AssertionError("kubectl %s failed: %s" % (" ".join(args), result.stderr.strip()))
+    return result
+
+
+def etcdctl_env():
+    env = dict(os.environ)
+    with open(lab_path("etcdctl.env")) as handle:
+        for line in handle:
+            key, _sep, value = line.strip().partition("=")
+            if key:
+                env[key] = value
+    return env
+
+
+def etcd_get_raw(key):
+    """The raw bytes etcd stores under ``key`` (b'' when absent)."""
+    result = subprocess.run([lab_path("bin", "etcdctl"), "get", key, "--print-value-only"],
+                            env=etcdctl_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60,
+                            check=False)
+    if result.returncode != 0:
+        raise AssertionError("etcdctl get %s failed: %s" % (key, result.stderr.decode(errors="replace")))
+    return result.stdout[:-1] if result.stdout.endswith(b"\n") else result.stdout
+
+
+def kubelet_state(node):
+    with open(lab_path("nodes", node, "kubelet-state.json")) as handle:
+        return json.load(handle)
+
+
+def pod_process(node, pod, container=None):
+    """(pid, started_at) of a pod's container, or (None, None)."""
+    pods = kubelet_state(node)["pods"]
+    if pod not in pods:
+        return None, None
+    containers = pods[pod]["containers"]
+    entry = containers[container] if container else next(iter(containers.values()))
+    return entry["pid"], entry["started_at"]
+
+
+def wait_for(predicate, timeout=90, interval=0.5, what="condition"):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError("timed out after %ss waiting for %s (last: %r)" % (timeout, what, last))
+
+
+def readyz(ip):
+    result = kubectl("get", "--raw", "/readyz", server=ip, check=False)
+    return result.returncode == 0 and result.stdout.strip() == "ok"
+
+
+def write_atomically(path, text):
+    """Replace a file the way a careful tool does: a dot-file, then rename."""
+    directory, name = os.path.split(path)
+    temp = os.path.join(directory, "." + name + ".test-tmp")
+    with open(temp, "w") as handle:
+        handle.write(text)
+    os.chmod(temp, 0o600)
+    os.replace(temp, path)
