@@ -18,7 +18,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 DEBIAN_PACKAGES := haproxy util-linux shellcheck
 
-.PHONY: help test unit sanity demo lab-up lab-down lab-status deps venv binaries clean
+.PHONY: help test unit sanity lint demo lab-up lab-down lab-status deps venv binaries clean
 
 help:
 	@echo "make test       everything CI runs (unit, sanity, lab tests)"
@@ -26,6 +26,7 @@ help:
 	@echo "make lab-up     start the local HA control plane (.lab/)"
 	@echo "make lab-down   stop it and remove .lab/"
 	@echo "make lab-status show what runs"
+	@echo "make sanity     ansible-test sanity;  make lint  ansible-lint (production profile)"
 
 $(VENV)/.installed: requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -91,9 +92,12 @@ sanity: $(SANITY_VENV)/.installed deps
 	git ls-files -co --exclude-standard -z | tar --null -T - -cf - | tar -xf - -C $(SANITY_ROOT)
 	cd $(SANITY_ROOT) && $(CURDIR)/$(SANITY_VENV)/bin/ansible-test sanity --local --requirements --python 3.11 --color no
 
+lint: venv
+	ansible-lint --offline
+
 # Everything CI runs.  The pytest summary is the last thing printed; the lab is
 # removed at the end of the session when this run started it.
-test: venv deps binaries sanity
+test: venv deps binaries sanity lint
 	@if $(VPY) lab/lab.py status >/dev/null 2>&1; then echo "using the running lab"; teardown=0; else teardown=1; fi; \
 	$(VPY) lab/lab.py up; \
 	KUBECRYPT_LAB_TEARDOWN=$$teardown $(VPY) -m pytest -p no:cacheprovider tests/unit tests/integration
