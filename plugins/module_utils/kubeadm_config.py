@@ -1,0 +1,385 @@
+# -*- coding: utf-8 -*-
+# Copyright: kubecrypt.at_rest contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Record the encryption flags and directory mount in a kubeadm ClusterConfiguration.
+
+``kubeadm upgrade`` regenerates the kube-apiserver manifest from the
+ClusterConfiguration kept in the ``kubeadm-config`` ConfigMap; without an
+``apiServer.extraArgs`` and ``apiServer.extraVolumes`` entry the upgrade drops
+what ``apiserver_manifest`` added.  ``update_cluster_configuration`` is the pure
+function over the text (a ConfigMap's ``ClusterConfiguration`` value or a
+multi-document kubeadm config file); ``KubeadmConfig`` is the module backend.
+
+Only the ClusterConfiguration document changes, through the same minimal-edit
+writer as the manifest, so the other documents stay byte-identical and the
+ClusterConfiguration keeps its key order and comments.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import posixpath
+import stat
+
+from ansible_collections.kubecrypt.at_rest.plugins.module_utils.apiserver_manifest import (
+    CONFIG_FLAG,
+    RELOAD_FLAG,
+    OptionError,
+    YamlEditError,
+    check_state,
+    dir_covers,
+    edit_yaml_document,
+    free_volume_name,
+    is_go_true,
+    is_our_volume_name,
+    load_yaml_documents,
+    normalize_dir,
+    read_text_file,
+    same_value,
+    verify_yaml_documents,
+)
+from ansible_collections.kubecrypt.at_rest.plugins.module_utils.files import atomic_write
+
+V1BETA3 = "kubeadm.k8s.io/v1beta3"
+V1BETA4 = "kubeadm.k8s.io/v1beta4"
+SUPPORTED_API_VERSIONS = (V1BETA3, V1BETA4)
+DEFAULT_CERTIFICATES_DIR = "/etc/kubernetes/pki"
+# kubeadm mounts certificatesDir into the kube-apiserver under this volume name.
+CERTIFICATES_VOLUME = "k8s-certs"
+# kubeadm's own order of HostPathMount fields (alphabetical, as it serializes them).
+_VOLUME_KEYS = ("hostPath", "mountPath", "name", "pathType", "readOnly")
+
+
+class KubeadmConfigError(ValueError):
+    """The kubeadm configuration cannot be changed safely.
+
+    The message reads after the source, e.g. ``<path> holds no ClusterConfiguration document``.
+    """
+
+
+class KubeadmConfigChanges(object):
+    """What ``update_cluster_configuration`` changed, and what the configuration holds afterwards."""
+
+    def __init__(self, api_version):
+        self.api_version = api_version
+        self.descriptions = []
+        self.flags = {}
+        self.volume_name = None
+        self.replaced_encryption_config = None
+
+    def add(self, description):
+        self.descriptions.append(description)
+
+    def __bool__(self):
+        return bool(self.descriptions)
+
+    __nonzero__ = __bool__
+
+
+class _ExtraArgs(object):
+    """``apiServer.extraArgs`` as a map (v1beta3) or a list of ``{name, value}`` (v1beta4)."""
+
+    def __init__(self, api_server, api_version):
+        self.api_server = api_server
+        self.as_list = api_version == V1BETA4
+        args = api_server.get("extraArgs")
+        if args is None:
+            return
+        if self.as_list:
+            if not isinstance(args, list) or not all(
+                isinstance(entry, dict) and isinstance(entry.get("name"), str) for entry in args
+            ):
+                raise KubeadmConfigError(
+                    "has an apiServer.extraArgs that is not a list of {name, value} (as %s requires)" % V1BETA4
+                )
+            for name in (CONFIG_FLAG, RELOAD_FLAG):
+                count = sum(1 for entry in args if entry["name"] == name)
+                if count > 1:
+                    raise KubeadmConfigError(
+                        "sets %s %d times in apiServer.extraArgs; remove the extra ones by hand" % (name, count)
+                    )
+        elif not isinstance(args, dict):
+            raise KubeadmConfigError(
+                "has an apiServer.extraArgs that is not a map of flag names to values (as %s requires)" % V1BETA3
+            )
+
+    def get(self, name):
+        args = self.api_server.get("extraArgs")
+        if not args:
+            return None
+        if self.as_list:
+            return next((entry.get("value") for entry in args if entry["name"] == name), None)
+        return args.get(name)
+
+    def set(self, name, value):
+        args = self.api_server.get("extraArgs")
+        if self.as_list:
+            if args is None:
+                args = self.api_server["extraArgs"] = []
+            for entry in args:
+                if entry["name"] == name:
+                    entry["value"] = value
+                    return
+            names = [entry["name"] for entry in args]
+            position = len(args)
+            if names == sorted(names):
+                position = next((i for i, existing in enumerate(names) if existing > name), len(args))
+            args.insert(position, {"name": name, "value": value})
+        else:
+            if args is None:
+                args = self.api_server["extraArgs"] = {}
+            args[name] = value
+
+    def remove(self, name):
+        args = self.api_server.get("extraArgs")
+        if self.as_list:
+            args[:] = [entry for entry in args if entry["name"] != name]
+        else:
+            del args[name]
+        if not args:
+            del self.api_server["extraArgs"]
+
+    def flags(self):
+        return dict(
+            (name, self.get(name)) for name in (CONFIG_FLAG, RELOAD_FLAG) if self.get(name) is not None
+        )
+
+
+def update_cluster_configuration(text, encryption_config=None, automatic_reload=True, state="present"):
+    """Return ``(new_text, changes)`` for text holding a kubeadm ClusterConfiguration.
+
+    ``text`` may hold other documents (InitConfiguration, KubeletConfiguration,
+    ...); they are kept byte-identical.  Raises OptionError or KubeadmConfigError.
+    """
+    check_state(state, encryption_config)
+    try:
+        documents = load_yaml_documents(text)
+    except YamlEditError as exc:
+        raise KubeadmConfigError(str(exc))
+    indexes = [
+        i for i, (dummy, data) in enumerate(documents)
+        if isinstance(data, dict) and data.get("kind") == "ClusterConfiguration"
+    ]
+    if not indexes:
+        raise KubeadmConfigError("holds no ClusterConfiguration document")
+    if len(indexes) > 1:
+        raise KubeadmConfigError("holds %d ClusterConfiguration documents" % len(indexes))
+    node, config = documents[indexes[0]]
+    api_version = config.get("apiVersion")
+    if api_version not in SUPPORTED_API_VERSIONS:
+        raise KubeadmConfigError(
+            "has a ClusterConfiguration of apiVersion %r; only %s are supported"
+            % (api_version, " and ".join(SUPPORTED_API_VERSIONS))
+        )
+
+    desired = copy.deepcopy(config)
+    api_server = desired.get("apiServer")
+    if api_server is None:
+        api_server = desired["apiServer"] = {}
+    if not isinstance(api_server, dict):
+        raise KubeadmConfigError("has an apiServer that is not a mapping")
+    args = _ExtraArgs(api_server, api_version)
+    changes = KubeadmConfigChanges(api_version)
+    if state == "present":
+        replaced = _ensure_args(args, encryption_config, automatic_reload, changes)
+        changes.volume_name = _ensure_volume(
+            desired, api_server, posixpath.dirname(encryption_config),
+            posixpath.dirname(replaced) if replaced else None, changes,
+        )
+    else:
+        _remove_args_and_volume(api_server, args, encryption_config, changes)
+    if not api_server and config.get("apiServer") is None:
+        # nothing to record: leave a missing or null apiServer as it was
+        if "apiServer" in config:
+            desired["apiServer"] = config["apiServer"]
+        else:
+            del desired["apiServer"]
+    changes.flags = args.flags()
+
+    if same_value(config, desired):
+        return text, changes
+    expected = [data for dummy, data in documents]
+    expected[indexes[0]] = desired
+    try:
+        new_text = edit_yaml_document(text, node, config, desired)
+        verify_yaml_documents(new_text, expected)
+    except YamlEditError as exc:
+        raise KubeadmConfigError("cannot be changed without reformatting it (%s); make the change by hand" % exc)
+    return new_text, changes
+
+
+def _ensure_args(args, encryption_config, automatic_reload, changes):
+    """Set both extraArgs; return the config path recorded before, if it was another."""
+    replaced = None
+    current = args.get(CONFIG_FLAG)
+    if current is None:
+        args.set(CONFIG_FLAG, encryption_config)
+        changes.add("added extraArgs %s=%s" % (CONFIG_FLAG, encryption_config))
+    elif current != encryption_config:
+        replaced = current
+        args.set(CONFIG_FLAG, encryption_config)
+        changes.replaced_encryption_config = current
+        changes.add("replaced extraArgs %s=%s by %s" % (CONFIG_FLAG, current, encryption_config))
+    reload_value = args.get(RELOAD_FLAG)
+    if automatic_reload:
+        if reload_value is None:
+            args.set(RELOAD_FLAG, "true")
+            changes.add("added extraArgs %s=true" % RELOAD_FLAG)
+        elif not is_go_true(reload_value):
+            args.set(RELOAD_FLAG, "true")
+            changes.add("set extraArgs %s=true (was %r)" % (RELOAD_FLAG, reload_value))
+    elif reload_value is not None:
+        args.remove(RELOAD_FLAG)
+        changes.add("removed extraArgs %s" % RELOAD_FLAG)
+    return replaced
+
+
+def _extra_volumes(api_server):
+    volumes = api_server.get("extraVolumes")
+    if volumes is None:
+        return []
+    if not isinstance(volumes, list) or not all(isinstance(volume, dict) for volume in volumes):
+        raise KubeadmConfigError("has an apiServer.extraVolumes that is not a list of mappings")
+    return volumes
+
+
+def _our_volume(api_server, directory):
+    for volume in _extra_volumes(api_server):
+        if is_our_volume_name(volume.get("name")) and volume.get("hostPath") == directory \
+                and volume.get("mountPath") == directory and volume.get("readOnly") is True \
+                and volume.get("pathType") == "DirectoryOrCreate":
+            return volume["name"]
+    return None
+
+
+def _covering_volume(config, api_server, directory):
+    """A volume kubeadm will mount that shows ``directory`` at the same path, or None."""
+    best = None
+    for volume in _extra_volumes(api_server):
+        mount_path = normalize_dir(volume.get("mountPath"))
+        if not dir_covers(mount_path, directory) or normalize_dir(volume.get("hostPath")) != mount_path:
+            continue
+        if volume.get("pathType") not in (None, "", "Directory", "DirectoryOrCreate"):
+            continue
+        if best is None or len(mount_path) > len(best[0]):
+            best = (mount_path, volume.get("name"))
+    if best:
+        return best[1]
+    if dir_covers(normalize_dir(config.get("certificatesDir") or DEFAULT_CERTIFICATES_DIR), directory):
+        return CERTIFICATES_VOLUME
+    return None
+
+
+def _new_volume(api_server, name, directory):
+    values = {
+        "hostPath": directory, "mountPath": directory, "name": name,
+        "pathType": "DirectoryOrCreate", "readOnly": True,
+    }
+    volumes = _extra_volumes(api_server)
+    # follow the key order of the entries already there, else kubeadm's
+    order = [key for key in (volumes[0] if volumes else {}) if key in values]
+    order += [key for key in _VOLUME_KEYS if key not in order]
+    return dict((key, values[key]) for key in order)
+
+
+def _ensure_volume(config, api_server, directory, stale_directory, changes):
+    if stale_directory and stale_directory != directory:
+        stale = _our_volume(api_server, stale_directory)
+        if stale:
+            _remove_volume(api_server, stale)
+            changes.add("removed extraVolumes %s of the previous directory %s" % (stale, stale_directory))
+    name = _our_volume(api_server, directory) or _covering_volume(config, api_server, directory)
+    if name:
+        return name
+    for volume in _extra_volumes(api_server):
+        if normalize_dir(volume.get("mountPath")) == directory:
+            raise KubeadmConfigError(
+                "already has extraVolumes %r at %s, and it is not a hostPath of that same directory; "
+                "cannot mount the encryption configuration's directory there" % (volume.get("name"), directory)
+            )
+    name = free_volume_name(set(volume.get("name") for volume in _extra_volumes(api_server)))
+    if api_server.get("extraVolumes") is None:
+        api_server["extraVolumes"] = []
+    api_server["extraVolumes"].append(_new_volume(api_server, name, directory))
+    changes.add("added extraVolumes %s: hostPath %s mounted read-only at the same path" % (name, directory))
+    return name
+
+
+def _remove_volume(api_server, name):
+    api_server["extraVolumes"] = [volume for volume in _extra_volumes(api_server) if volume.get("name") != name]
+    if not api_server["extraVolumes"]:
+        del api_server["extraVolumes"]
+
+
+def _remove_args_and_volume(api_server, args, encryption_config, changes):
+    current = args.get(CONFIG_FLAG)
+    if current is not None and encryption_config is not None and current != encryption_config:
+        raise KubeadmConfigError(
+            "records %s=%s, not %s; refusing to remove an encryption configuration this task did not set"
+            % (CONFIG_FLAG, current, encryption_config)
+        )
+    for name in (RELOAD_FLAG, CONFIG_FLAG):
+        if args.get(name) is not None:
+            args.remove(name)
+            changes.add("removed extraArgs %s" % name)
+    directories = []
+    for path in (current, encryption_config):
+        if isinstance(path, str) and posixpath.dirname(path) not in directories:
+            directories.append(posixpath.dirname(path))
+    for directory in directories:
+        ours = _our_volume(api_server, directory)
+        if ours:
+            _remove_volume(api_server, ours)
+            changes.add("removed extraVolumes %s (%s)" % (ours, directory))
+
+
+class KubeadmConfig(object):
+    """Backend of the ``kubeadm_config`` module."""
+
+    def __init__(self, module):
+        self.module = module
+        self.params = module.params
+
+    def run(self):
+        params = self.params
+        path = params["path"]
+        if params["content"] is not None:
+            source, before = "content", params["content"]
+        else:
+            source = path
+            dummy, before = read_text_file(self.module, path)
+        try:
+            after, changes = update_cluster_configuration(
+                before, params["encryption_config"], params["automatic_reload"], params["state"]
+            )
+        except OptionError as exc:
+            self.module.fail_json(msg=str(exc))
+        except KubeadmConfigError as exc:
+            self.module.fail_json(msg="%s %s" % (source, exc))
+
+        changed = after != before
+        result = dict(
+            changed=changed,
+            flags=changes.flags,
+            volume_name=changes.volume_name,
+            api_version=changes.api_version,
+            changes=changes.descriptions,
+        )
+        if changes.replaced_encryption_config is not None:
+            result["replaced_encryption_config"] = changes.replaced_encryption_config
+        if params["content"] is not None:
+            result["content"] = after
+        elif changed and not self.module.check_mode:
+            atomic_write(self.module, path, after.encode("utf-8"), mode=stat.S_IMODE(os.stat(path).st_mode))
+        if self.module._diff:
+            result["diff"] = dict(before=before, after=after, before_header=source, after_header=source)
+        if changed and params["content"] is not None:
+            result["msg"] = "changed the ClusterConfiguration in content, write the returned content back: %s" % (
+                "; ".join(changes.descriptions))
+        elif changed:
+            verb = "would update" if self.module.check_mode else "updated"
+            result["msg"] = "%s the ClusterConfiguration in %s: %s" % (verb, source, "; ".join(changes.descriptions))
+        else:
+            result["msg"] = "the ClusterConfiguration in %s is already as requested" % source
+        return result
