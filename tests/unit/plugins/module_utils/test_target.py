@@ -1,0 +1,100 @@
+"""Choosing the target of a run: resume what is in progress, never regenerate."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+
+from ansible_collections.kubecrypt.at_rest.plugins.module_utils.target import TargetError, choose_target
+
+K1 = base64.b64encode(b"1" * 32).decode()
+K2 = base64.b64encode(b"2" * 32).decode()
+KEYSTORE = [
+    {"name": "k1", "provider": "secretbox", "secret": K1, "created": "2026-01-01T00:00:00Z"},
+    {"name": "k2", "provider": "secretbox", "secret": K2, "created": "2026-02-01T00:00:00Z"},
+]
+
+
+def box(*names):
+    secrets = {"k1": K1, "k2": K2}
+    return {"secretbox": {"keys": [{"name": name, "secret": secrets[name]} for name in names]}}
+
+
+def group(*providers):
+    return [{"resources": ["secrets"], "providers": list(providers)}]
+
+
+def nodes(*configs):
+    return dict(("cp%d" % (index + 1), config) for index, config in enumerate(configs))
+
+
+def test_enable_on_plaintext_cluster_generates():
+    choice = choose_target(nodes(None, None, None), ["secrets"], "enable", provider="secretbox", keystore=KEYSTORE)
+    assert choice["generate"] and choice["target"] is None and choice["provider"] == "secretbox"
+    assert not choice["scan_is_valid"]
+
+
+def test_enable_resumes_the_key_an_interrupted_run_added_to_one_node():
+    observed = nodes(group({"identity": {}}, box("k1")), None, None)
+    choice = choose_target(observed, ["secrets"], "enable", provider="secretbox", keystore=KEYSTORE)
+    assert not choice["generate"]
+    assert choice["candidate"] == "secretbox:k1"
+    assert choice["target"]["provider"] == box("k1")
+
+
+def test_enable_when_done_changes_nothing():
+    observed = nodes(group(box("k2")), group(box("k2")), group(box("k2")))
+    choice = choose_target(observed, ["secrets"], "enable", provider="secretbox", keystore=KEYSTORE)
+    assert not choice["generate"] and choice["candidate"] == "secretbox:k2"
+    assert choice["scan_is_valid"]
+    assert "nothing to do" in choice["reason"]
+
+
+def test_rotate_resumes_an_unfinished_rotation_to_the_newest_key():
+    observed = nodes(group(box("k2", "k1")), group(box("k1", "k2")), group(box("k1", "k2")))
+    choice = choose_target(observed, ["secrets"], "rotate", keystore=KEYSTORE)
+    assert not choice["generate"] and choice["candidate"] == "secretbox:k2"
+    assert not choice["scan_is_valid"], "cp2 and cp3 still write k1"
+
+
+def test_rotate_after_a_complete_rotation_generates():
+    observed = nodes(group(box("k2")), group(box("k2")), group(box("k2")))
+    choice = choose_target(observed, ["secrets"], "rotate", keystore=KEYSTORE)
+    assert choice["generate"] and choice["provider"] == "secretbox"
+
+
+def test_rotate_without_prune_needs_a_verified_scan_to_count_as_complete():
+    observed = nodes(group(box("k2", "k1")), group(box("k2", "k1")), group(box("k2", "k1")))
+    unverified = choose_target(observed, ["secrets"], "rotate", keystore=KEYSTORE, prune=False)
+    assert not unverified["generate"] and unverified["scan_is_valid"]
+    verified = choose_target(observed, ["secrets"], "rotate", keystore=KEYSTORE, prune=False, rewrite_verified=True)
+    assert verified["generate"]
+
+
+def test_rotate_refuses_a_plaintext_cluster():
+    with pytest.raises(TargetError, match="rotate needs every node to write"):
+        choose_target(nodes(None, None), ["secrets"], "rotate", keystore=KEYSTORE)
+
+
+def test_a_key_missing_from_the_keystore_is_refused_without_its_material():
+    observed = nodes(group(box("k1")), group(box("k1")))
+    with pytest.raises(TargetError) as error:
+        choose_target(observed, ["secrets"], "enable", provider="secretbox", keystore=[])
+    assert "secretbox:k1" in str(error.value)
+    assert K1 not in str(error.value)
+
+
+def test_disable_and_kms_need_no_key():
+    observed = nodes(group(box("k1")), group(box("k1")))
+    disable = choose_target(observed, ["secrets"], "disable", keystore=KEYSTORE)
+    assert disable["target"]["provider"] == {"identity": {}} and not disable["generate"]
+    kms = choose_target(observed, ["secrets"], "enable", provider="kms",
+                        kms={"name": "lab", "endpoint": "unix:///run/kms.sock", "timeout": "3s"})
+    assert kms["target"]["provider"] == {"kms": {"name": "lab", "endpoint": "unix:///run/kms.sock",
+                                                 "timeout": "3s", "apiVersion": "v2"}}
+
+
+def test_unknown_action_is_refused():
+    with pytest.raises(TargetError, match="action must be one of"):
+        choose_target(nodes(None), ["secrets"], "explode")
