@@ -762,28 +762,6 @@ def _redacted_text(content, path):
     return render_config(redact_resources(resources)).decode("utf-8")
 
 
-class _Umask(object):
-    """Create files and directories owner-only, whatever the process umask is.
-
-    ``AnsibleModule.atomic_move`` gives a newly created file ``0666 & ~umask``
-    before the caller narrows it; with umask 077 that is already 0600.
-    """
-
-    def __enter__(self):
-        self._previous = os.umask(0o077)
-        return self
-
-    def __exit__(self, *exc_info):
-        os.umask(self._previous)
-        return False
-
-
-def write_private_file(module, path, content):
-    """``atomic_write`` with a 0600 file from the first moment it exists."""
-    with _Umask():
-        atomic_write(module, path, content, 0o600)
-
-
 # ---------------------------------------------------------------------------
 # Backends
 # ---------------------------------------------------------------------------
@@ -818,7 +796,7 @@ class EncryptionConfigFile(object):
             directory = os.path.dirname(os.path.abspath(self.path))
             if not os.path.isdir(directory):
                 raise EncryptionConfigError("directory %s does not exist" % directory, prefix="cannot write %s" % self.path)
-            write_private_file(self.module, self.path, content)
+            atomic_write(self.module, self.path, content, 0o600)
         attributes_diff = {}
         if current is not None or not self.module.check_mode:
             file_args = self.module.load_file_common_arguments(self.params, path=self.path)

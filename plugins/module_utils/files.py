@@ -31,10 +31,12 @@ def atomic_write(module, path, content, mode=0o600):
     """Replace ``path`` with ``content`` (bytes) atomically.
 
     The new file never exists with wider permissions than ``mode``: the temp
-    file is created 0600, and an existing target that is wider than ``mode`` is
+    file is created 0600; an existing target that is wider than ``mode`` is
     narrowed first, because ``AnsibleModule.atomic_move`` copies the mode of the
-    file it replaces.  Owner, group and SELinux context are left to the
-    caller's ``set_fs_attributes_if_different``.
+    file it replaces; and the move runs under a umask that allows no more than
+    ``mode``, because for a new target ``atomic_move`` sets ``0666 & ~umask``.
+    Owner, group and SELinux context are left to the caller's
+    ``set_fs_attributes_if_different``.
     """
     if isinstance(content, str):
         content = content.encode("utf-8")
@@ -49,7 +51,11 @@ def atomic_write(module, path, content, mode=0o600):
             current = stat.S_IMODE(os.stat(path).st_mode)
             if current & ~mode:
                 os.chmod(path, current & mode)
-        module.atomic_move(temp, path)
+        previous_umask = os.umask(0o777 & ~mode)
+        try:
+            module.atomic_move(temp, path)
+        finally:
+            os.umask(previous_umask)
     finally:
         if os.path.exists(temp):
             os.unlink(temp)

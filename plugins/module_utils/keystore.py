@@ -45,8 +45,8 @@ from ansible_collections.kubecrypt.at_rest.plugins.module_utils.encryption_confi
     key_fingerprint,
     load_yaml,
     secret_strings,
-    write_private_file,
 )
+from ansible_collections.kubecrypt.at_rest.plugins.module_utils.files import atomic_write
 
 ENTRY_FIELDS = ("name", "provider", "secret", "fingerprint", "created", "source")
 SOURCES = ("generated", "imported")
@@ -303,7 +303,7 @@ class KeyEscrow(object):
             added, result = self._generate(entries)
         after = entries + added
         if added and not self.module.check_mode:
-            write_private_file(self.module, self.path, render_keystore(after))
+            atomic_write(self.module, self.path, render_keystore(after), 0o600)
         result["changed"] = bool(added)
         if self.module._diff:
             result["diff"] = {
