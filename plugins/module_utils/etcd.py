@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import http.client
 import json
 import os
@@ -49,6 +50,8 @@ _GRPC_UNAVAILABLE = 14
 _SocketTimeout = socket.timeout
 _RANGE_PATH = "/v3/kv/range"
 _STATUS_PATH = "/v3/maintenance/status"
+_SNAPSHOT_PATH = "/v3/maintenance/snapshot"
+_SNAPSHOT_HASH_SIZE = 32
 
 # Options that go together; pass to AnsibleModule(required_together=...).
 ETCD_REQUIRED_TOGETHER = [["etcd_cert", "etcd_key"]]
@@ -186,6 +189,73 @@ class EtcdClient(object):
             "db_size_in_use": int(answer.get("dbSizeInUse", 0)),
             "errors": list(answer.get("errors") or []),
         }
+
+    def snapshot(self, handle):
+        """Stream a snapshot of the database of the member that answers into ``handle``.
+
+        What is written is what ``etcdctl snapshot save`` writes: the bolt
+        database followed by its sha256 (etcd appends it to the stream).  The
+        hash is checked; a truncated or corrupted stream raises ``EtcdError``.
+        Endpoints are tried in order until one starts streaming; a stream that
+        breaks after it started is not retried (the caller's file is partial).
+        Returns ``{endpoint, size, sha256}`` (sha256 of the database bytes).
+        """
+        attempts = []
+        count = len(self._endpoints)
+        for offset in range(count):
+            index = (self._current + offset) % count
+            endpoint = self._endpoints[index]
+            self.close()
+            self._current = index
+            try:
+                connection = endpoint.connect(self._tls, self._timeout)
+                connection.request("POST", endpoint.path + _SNAPSHOT_PATH, body=b"{}",
+                                   headers={"Content-Type": "application/json"})
+                response = connection.getresponse()
+            except (OSError, http.client.HTTPException) as exc:
+                if isinstance(exc, ssl.SSLError):
+                    attempts.append((endpoint.url, _describe_tls_error(exc, self._has_client_cert)))
+                else:
+                    attempts.append((endpoint.url, _describe_connection_error(exc)))
+                continue
+            try:
+                if response.status != 200:
+                    answer = _decode_answer(endpoint, response.status, response.read())
+                    attempts.append((endpoint.url, str(answer)))
+                    continue
+                return self._stream_snapshot(endpoint, response, handle)
+            finally:
+                connection.close()
+        raise EtcdError("no etcd endpoint could stream a snapshot: %s"
+                        % "; ".join("%s: %s" % attempt for attempt in attempts),
+                        endpoint=attempts[-1][0] if attempts else None, attempts=attempts)
+
+    def _stream_snapshot(self, endpoint, response, handle):
+        digest = hashlib.sha256()
+        tail = b""
+        size = 0
+        try:
+            for line in response:
+                line = line.strip()
+                if not line:
+                    continue
+                message = json.loads(line)
+                if message.get("error"):
+                    raise EtcdError("etcd at %s stopped the snapshot: %s" % (
+                        endpoint.url, message["error"].get("message", message["error"])), endpoint=endpoint.url)
+                blob = _unb64((message.get("result") or {}).get("blob", ""), endpoint.url)
+                handle.write(blob)
+                size += len(blob)
+                data = tail + blob
+                digest.update(data[:-_SNAPSHOT_HASH_SIZE])
+                tail = data[-_SNAPSHOT_HASH_SIZE:]
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            raise EtcdError("the snapshot stream from etcd at %s broke after %d bytes: %s" % (
+                endpoint.url, size, exc), endpoint=endpoint.url)
+        if size <= _SNAPSHOT_HASH_SIZE or digest.digest() != tail:
+            raise EtcdError("the snapshot from etcd at %s is incomplete or corrupt (%d bytes, hash mismatch)" % (
+                endpoint.url, size), endpoint=endpoint.url)
+        return {"endpoint": endpoint.url, "size": size, "sha256": digest.hexdigest()}
 
     # -- transport -----------------------------------------------------------
 

@@ -28,7 +28,14 @@ def temp_path_for(path):
 
 
 def atomic_write(module, path, content, mode=0o600):
-    """Replace ``path`` with ``content`` (bytes) atomically.
+    """Replace ``path`` with ``content`` (bytes) atomically; see ``atomic_stream``."""
+    if isinstance(content, str):
+        content = content.encode("utf-8")
+    return atomic_stream(module, path, lambda handle: handle.write(content), mode)
+
+
+def atomic_stream(module, path, write, mode=0o600):
+    """Replace ``path`` atomically with what ``write(handle)`` writes; return its result.
 
     The new file never exists with wider permissions than ``mode``: the temp
     file is created 0600; an existing target that is wider than ``mode`` is
@@ -36,14 +43,13 @@ def atomic_write(module, path, content, mode=0o600):
     file it replaces; and the move runs under a umask that allows no more than
     ``mode``, because for a new target ``atomic_move`` sets ``0666 & ~umask``.
     Owner, group and SELinux context are left to the caller's
-    ``set_fs_attributes_if_different``.
+    ``set_fs_attributes_if_different``.  When ``write`` raises, the target is
+    untouched and the temp file is removed.
     """
-    if isinstance(content, str):
-        content = content.encode("utf-8")
     temp = temp_path_for(path)
     try:
         with open(temp, "wb") as handle:
-            handle.write(content)
+            result = write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(temp, mode)
@@ -60,6 +66,7 @@ def atomic_write(module, path, content, mode=0o600):
         if os.path.exists(temp):
             os.unlink(temp)
     _fsync_directory(os.path.dirname(os.path.abspath(path)))
+    return result
 
 
 def _fsync_directory(directory):

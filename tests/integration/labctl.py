@@ -91,3 +91,33 @@ def write_atomically(path, text):
         handle.write(text)
     os.chmod(temp, 0o600)
     os.replace(temp, path)
+
+
+def ansible_env():
+    """The environment ansible-playbook runs with in the tests: this checkout as the collection."""
+    env = dict(os.environ)
+    env["ANSIBLE_COLLECTIONS_PATH"] = os.path.join(REPO, ".venv", "collections")
+    env["ANSIBLE_COLLECTIONS_SCAN_SYS_PATH"] = "false"
+    env["ANSIBLE_NOCOLOR"] = "1"
+    env["ANSIBLE_FORCE_COLOR"] = "0"
+    env["ANSIBLE_STDOUT_CALLBACK"] = "default"
+    env["ANSIBLE_CALLBACK_RESULT_FORMAT"] = "yaml"
+    env["ANSIBLE_LOCALHOST_WARNING"] = "false"
+    env["ANSIBLE_DEPRECATION_WARNINGS"] = "false"
+    bin_dir = os.path.dirname(os.path.abspath(__import__("sys").executable))
+    env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
+    return env
+
+
+def run_playbook(playbook, *args, extra_vars=None, timeout=1800, inventory=None):
+    """Run ``playbook`` (a path, or a collection playbook such as
+    ``kubecrypt.at_rest.enable``) against the lab; return the CompletedProcess
+    with stdout and stderr merged into stdout."""
+    import sys
+    argv = [os.path.join(os.path.dirname(os.path.abspath(sys.executable)), "ansible-playbook"),
+            "-i", inventory or lab_path("inventory.yml"), playbook]
+    if extra_vars:
+        argv += ["-e", json.dumps(extra_vars)]
+    argv += list(args)
+    return subprocess.run(argv, env=ansible_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          timeout=timeout, check=False)
