@@ -121,3 +121,31 @@ def run_playbook(playbook, *args, extra_vars=None, timeout=1800, inventory=None)
     argv += list(args)
     return subprocess.run(argv, env=ansible_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           timeout=timeout, check=False)
+
+
+def ensure_namespace(namespace):
+    if kubectl("get", "namespace", namespace, check=False).returncode != 0:
+        kubectl("create", "namespace", namespace)
+
+
+def create_secrets(count, namespace="default", prefix="secret", chunk=500):
+    """Create ``count`` small Secrets (``<prefix>-<i>``) through the load balancer, in chunks."""
+    ensure_namespace(namespace)
+    for start in range(0, count, chunk):
+        items = [{
+            "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": {"name": "%s-%05d" % (prefix, index), "namespace": namespace},
+            "stringData": {"password": "value-%05d" % index, "note": "kubecrypt lab secret"},
+        } for index in range(start, min(start + chunk, count))]
+        kubectl("create", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
+
+
+def reset_lab():
+    """A fresh lab: everything stopped and removed, then started again (plaintext, no config)."""
+    import sys
+    script = os.path.join(REPO, "lab", "lab.py")
+    for command in ("down", "up"):
+        result = subprocess.run([sys.executable, script, command], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, check=False)
+        if result.returncode != 0:
+            raise AssertionError("lab %s failed:\n%s" % (command, result.stdout))
