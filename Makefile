@@ -69,13 +69,13 @@ unit: venv
 	$(VPY) -m pytest -q tests/unit
 
 # ansible-test wants the collection at .../ansible_collections/NS/NAME; it is
-# run on a copy of the files git knows about, kept outside this work tree (inside
-# it, ansible-test would ask git, which ignores the copy).
+# run on a copy of the files git knows about, in a scratch directory of its own
+# outside this work tree (inside it, ansible-test would ask git, which ignores
+# the copy).
 # It gets a virtualenv of its own (its requirements pin other versions), and
 # each of its per-test venvs is bootstrapped by tests/sanity/bootstrap_pip.py
 # instead of a get-pip.py download from outside the package registries.
 CACHE_HOME ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)
-SANITY_ROOT := $(CACHE_HOME)/kubecrypt-at_rest/sanity/ansible_collections/kubecrypt/at_rest
 SANITY_VENV := .cache/sanity-venv
 ANSIBLE_TEST_PIP_VERSION := 24.2
 ANSIBLE_TEST_GET_PIP := $(HOME)/.ansible/test/cache/get_pip_$(subst .,_,$(ANSIBLE_TEST_PIP_VERSION)).py
@@ -86,14 +86,13 @@ $(SANITY_VENV)/.installed: requirements-dev.txt
 	touch $@
 
 sanity: $(SANITY_VENV)/.installed deps
-	mkdir -p $(dir $(ANSIBLE_TEST_GET_PIP))
+	mkdir -p $(dir $(ANSIBLE_TEST_GET_PIP)) $(CACHE_HOME)/kubecrypt-at_rest
 	cmp -s tests/sanity/bootstrap_pip.py $(ANSIBLE_TEST_GET_PIP) || cp tests/sanity/bootstrap_pip.py $(ANSIBLE_TEST_GET_PIP)
-	rm -rf $(SANITY_ROOT) && mkdir -p $(SANITY_ROOT)
-	git ls-files -co --exclude-standard -z | tar --null -T - -cf - | tar -xf - -C $(SANITY_ROOT)
-	cd $(SANITY_ROOT) && $(CURDIR)/$(SANITY_VENV)/bin/ansible-test sanity --local --requirements --python 3.11 --color no
-
-lint: venv
-	ansible-lint --offline
+	scratch=$$(mktemp -d $(CACHE_HOME)/kubecrypt-at_rest/sanity.XXXXXX); \
+	root=$$scratch/ansible_collections/kubecrypt/at_rest; mkdir -p $$root; \
+	git ls-files -co --exclude-standard -z | tar --null -T - -cf - | tar -xf - -C $$root; \
+	status=0; (cd $$root && $(CURDIR)/$(SANITY_VENV)/bin/ansible-test sanity --local --requirements --python 3.11 --color no) || status=$$?; \
+	rm -rf $$scratch; exit $$status
 
 # Everything CI runs.  The pytest summary is the last thing printed; the lab is
 # removed at the end of the session when this run started it.

@@ -29,9 +29,13 @@ import yaml
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 LAB = os.environ.get("KUBECRYPT_LAB_DIR", os.path.join(REPO, ".lab"))
-LB_IP = "127.0.0.10"
+# The lab's addresses: NET.10 (load balancer) and NET.11-13 (nodes).  The
+# default is the lab's public contract; another NET (say 127.0.1) and another
+# KUBECRYPT_LAB_DIR run a second, independent lab beside it.
+NET = os.environ.get("KUBECRYPT_LAB_NET", "127.0.0")
+LB_IP = NET + ".10"
 PORT = 6443
-NODES = [("cp1", "127.0.0.11"), ("cp2", "127.0.0.12"), ("cp3", "127.0.0.13")]
+NODES = [("cp1", NET + ".11"), ("cp2", NET + ".12"), ("cp3", NET + ".13")]
 BINARIES = ("kube-apiserver", "kubectl", "etcd", "etcdctl")
 READY_TIMEOUT = float(os.environ.get("KUBECRYPT_LAB_READY_TIMEOUT", "180"))
 
@@ -531,6 +535,12 @@ def ensure_kubeadm_config():
         raise LabError("could not create kube-system/kubeadm-config: %s" % result.stderr.strip())
 
 
+def _shown(path):
+    """A path as the user should see it: relative to the checkout when inside it."""
+    relative = os.path.relpath(path, REPO)
+    return path if relative.startswith("..") else relative + "/"
+
+
 def up(_args):
     started = time.monotonic()
     os.makedirs(LAB, exist_ok=True)
@@ -587,7 +597,7 @@ def stop_pid(pid, grace=30.0, group=False):
 
 def down(_args):
     if not os.path.isdir(LAB):
-        say("nothing to stop (.lab/ does not exist)")
+        say("nothing to stop (%s does not exist)" % _shown(LAB))
         return
     # The kubelet stand-ins stop their pods; pods left behind by a stand-in
     # that died are stopped by the pids it recorded.
@@ -605,7 +615,7 @@ def down(_args):
         say("stopping haproxy (pid %d)" % pid)
         stop_pid(pid)
     shutil.rmtree(LAB)
-    say("removed .lab/")
+    say("removed %s" % _shown(LAB))
 
 
 def status(_args):

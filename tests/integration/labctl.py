@@ -9,8 +9,9 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LAB = os.environ.get("KUBECRYPT_LAB_DIR", os.path.join(REPO, ".lab"))
-NODES = {"cp1": "127.0.0.11", "cp2": "127.0.0.12", "cp3": "127.0.0.13"}
-LB = "127.0.0.10"
+NET = os.environ.get("KUBECRYPT_LAB_NET", "127.0.0")
+NODES = {"cp1": NET + ".11", "cp2": NET + ".12", "cp3": NET + ".13"}
+LB = NET + ".10"
 
 
 def lab_path(*parts):

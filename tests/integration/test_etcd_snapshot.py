@@ -41,7 +41,7 @@ def test_snapshot_is_complete_verified_and_private(tmp_path):
     assert data[16:20] == b"\xed\xda\x0c\xed", "not a bolt database (magic number)"
     assert stat.S_IMODE(os.stat(dest).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(dest.parent).st_mode) == 0o700
-    assert [name for name in os.listdir(dest.parent)] == ["etcd.db"], "a temp file was left behind"
+    assert os.listdir(dest.parent) == ["etcd.db"], "a temp file was left behind"
 
 
 def test_snapshot_fails_over_to_a_member_that_answers_and_reports_dead_ones(tmp_path):
@@ -55,4 +55,3 @@ def test_snapshot_fails_over_to_a_member_that_answers_and_reports_dead_ones(tmp_
     assert result.returncode != 0
     assert "no snapshot was saved" in result.stdout and "127.0.0.1:1" in result.stdout
     assert not dead.exists()
-
