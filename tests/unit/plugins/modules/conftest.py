@@ -4,7 +4,7 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """Helpers to run a whole module's ``main()`` in-process.
 
-``set_module_args`` is built on ``ansible.module_utils.testing.patch_module_args``
+``set_module_args`` (from ``_module_args``) is built on ``ansible.module_utils.testing.patch_module_args``
 (ansible-core 2.19+) and falls back to patching ``basic._ANSIBLE_ARGS`` on
 older releases.
 
@@ -32,10 +32,9 @@ try:
 except ImportError:  # ansible-core < 2.19
     _module_utils_internal = None
 
-try:
-    from ansible.module_utils.testing import patch_module_args
-except ImportError:  # ansible-core < 2.19
-    patch_module_args = None
+from ansible_collections.kubecrypt.at_rest.tests.unit.plugins.modules._module_args import (
+    set_module_args as _set_module_args,
+)
 
 
 _PACKAGE = "ansible_collections.kubecrypt.at_rest.tests.unit.plugins.modules"
@@ -56,18 +55,6 @@ class _CollectionTestModule(pytest.Module):
 
 def pytest_pycollect_makemodule(module_path, parent):
     return _CollectionTestModule.from_parent(parent, path=module_path)
-
-
-@contextlib.contextmanager
-def _set_module_args(args):
-    """Expose ``args`` to the ``AnsibleModule`` created inside the context."""
-    if patch_module_args is not None:
-        with patch_module_args(args):
-            yield
-        return
-    serialized = json.dumps({"ANSIBLE_MODULE_ARGS": args}).encode("utf-8")
-    with mock.patch.object(basic, "_ANSIBLE_ARGS", serialized):
-        yield
 
 
 class ModuleRun(object):
