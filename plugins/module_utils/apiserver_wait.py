@@ -164,6 +164,7 @@ def write_provider_matches(expected, observed):
     """
     if not expected or not observed:
         return False
+    expected, observed = _kms_v2_as_kms(expected), _kms_v2_as_kms(observed)
     if expected == observed:
         return True
     parts = expected.split(":")
@@ -171,6 +172,11 @@ def write_provider_matches(expected, observed):
         observed_parts = observed.split(":")
         return len(observed_parts) >= 3 and observed_parts[0] == "kms" and observed_parts[2] == parts[1]
     return False
+
+
+def _kms_v2_as_kms(notation):
+    """``kms:v2:<name>`` as ``kms:<name>``, the notation of a kms v2 provider everywhere else."""
+    return "kms:" + notation[len("kms:v2:"):] if notation.startswith("kms:v2:") else notation
 
 
 def start_time_moved(previous, current):

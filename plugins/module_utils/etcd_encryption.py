@@ -21,8 +21,15 @@ the payloads, ``pkg/storage/etcd3/store.go`` for the authenticated data):
   additional data is the full etcd key (``--etcd-prefix`` included).
 * ``k8s:enc:secretbox:v1:<key name>:`` + nonce(24) + tag(16) + ciphertext
   (XSalsa20-Poly1305, NaCl's ``secretbox.Seal``); no additional data.
-* ``k8s:enc:kms:v1:<name>:`` and ``k8s:enc:kms:v2:<name>:`` + an envelope that
-  only the KMS plugin can open.
+* ``k8s:enc:kms:v1:<name>:`` + an envelope that only the KMS plugin can open.
+* ``k8s:enc:kms:v2:<name>:`` + the protobuf ``EncryptedObject`` of
+  k8s.io/apiserver ``pkg/storage/value/encrypt/envelope/kmsv2/v2/api.proto``:
+  ``encryptedData`` (1, bytes), ``keyID`` (2, string), ``encryptedDEKSource``
+  (3, bytes), ``annotations`` (4, map<string, bytes>) and
+  ``encryptedDEKSourceType`` (5, enum).  The key ID names the KMS key (KEK)
+  that encrypted the DEK; it is stored in plaintext, and ``parse_kms_v2``
+  reads it without the plugin.  kube-apiserver's metrics name it by
+  ``sha256:`` + the hex SHA-256 of its bytes (``kms_key_id_hash``).
 * Anything else is stored as it was serialized (the identity provider):
   protobuf with the magic ``k8s\\x00``, JSON starting with ``{``, CBOR with the
   self-describing tag ``\\xd9\\xd9\\xf7`` (custom resources with the CBOR
@@ -35,7 +42,14 @@ in names; this collection does, so that the name in a stored value is
 unambiguous.
 
 Nothing here returns or logs key material or plaintext: results are
-notations (``secretbox:k2``), counts, etcd keys and reason codes.
+notations (``secretbox:k2``, ``kms:vault``), counts, KMS key IDs, etcd keys
+and reason codes.
+
+Notations: kms v2 values are ``kms:<name>``, the notation the rest of the
+collection (the planner, ``encryption_config_info``) gives a kms provider,
+which this collection always configures with ``apiVersion: v2``;
+``kms:v2:<name>`` is accepted as input for the same.  kms v1 values are
+``kms:v1:<name>``.
 
 Private helpers are ``_``-prefixed.
 """
@@ -44,6 +58,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import collections
+import hashlib
 import posixpath
 import re
 import traceback
@@ -103,6 +119,7 @@ REASONS = {
     "not_an_object": "decrypted, but the plaintext is not a stored object: wrong key or corrupted value",
     "invalid_key_length": "the escrowed key has a length the provider does not accept",
     "not_checkable": "kms values can only be opened by the KMS plugin",
+    "malformed_envelope": "a kms v2 value whose EncryptedObject kube-apiserver would not accept",
     "unrecognized_format": "neither a known encryption prefix nor a known serialization",
 }
 
@@ -125,7 +142,27 @@ BUILTIN_GROUPS = frozenset((
     "resource.k8s.io", "scheduling.k8s.io", "storage.k8s.io", "storagemigration.k8s.io",
 ))
 
-_NOTATION = re.compile(r"(?:identity|(?:aescbc|aesgcm|secretbox):[^:]+|kms:v[12]:[^:]+)")
+_NOTATION = re.compile(r"(?:identity|(?:aescbc|aesgcm|secretbox):[^:]+|kms:v1:[^:]+|kms:(?:v2:)?[^:]+)")
+_KMS_KEY_ID_HASH = re.compile(r"sha256:[0-9a-f]{64}")
+
+# kms v2 EncryptedObject (k8s.io/apiserver .../envelope/kmsv2/v2/api.proto) and
+# the limits kube-apiserver's ValidateEncryptedObject enforces.
+_EO_ENCRYPTED_DATA = 1
+_EO_KEY_ID = 2
+_EO_ENCRYPTED_DEK_SOURCE = 3
+_EO_ANNOTATIONS = 4
+_EO_ENCRYPTED_DEK_SOURCE_TYPE = 5
+KMS_DEK_SOURCE_TYPES = {0: "AES_GCM_KEY", 1: "HKDF_SHA256_XNONCE_AES_GCM_SEED"}
+_KMS_KEY_ID_MAX = 1024
+_KMS_DEK_SOURCE_MAX = 1024
+_KMS_ANNOTATIONS_MAX = 32 * 1024
+# Distinct key IDs tallied per kms provider; more are counted together.
+KMS_KEY_IDS_MAX = 100
+KMS_OTHER_KEY_IDS = "(other key IDs)"
+KMS_MALFORMED = "(malformed EncryptedObject)"
+
+KmsV2Envelope = collections.namedtuple(
+    "KmsV2Envelope", "key_id dek_source_type encrypted_dek_source_size encrypted_data_size annotation_keys")
 _RESOURCE = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 
 
@@ -146,8 +183,8 @@ def classify(value):
     """The provider notation of a raw etcd value.
 
     ``identity`` for a stored object that is not encrypted, ``aescbc:<key>``,
-    ``aesgcm:<key>`` or ``secretbox:<key>``, ``kms:v1:<name>`` or
-    ``kms:v2:<name>``, and ``unknown`` for anything else (an unknown or
+    ``aesgcm:<key>`` or ``secretbox:<key>``, ``kms:<name>`` (kms v2) or
+    ``kms:v1:<name>``, and ``unknown`` for anything else (an unknown or
     malformed ``k8s:enc:`` prefix, or bytes that are no known serialization).
     """
     return split_value(value)[0]
@@ -183,15 +220,121 @@ def split_value(value):
 
 
 def _kms_v2_notation(name, payload):
-    """Notation of a kms v2 value: ``kms:v2:<name>``.
+    """Notation of a kms v2 value: ``kms:<name>`` (``parse_kms_v2`` reads its key ID)."""
+    return "kms:%s" % name
 
-    Extension point: ``payload`` is the protobuf ``EncryptedObject`` of
-    k8s.io/apiserver ``pkg/storage/value/encrypt/envelope/kmsv2/v2`` (fields
-    ``encryptedData``, ``keyID``, ``encryptedDEKSource``, ...).  A later
-    version parses ``keyID`` here to tell the KMS key versions apart; callers
-    must not assume the notation has exactly three fields.
+
+def kms_key_id_hash(key_id):
+    """How kube-apiserver's envelope metrics name a KMS key ID: ``sha256:`` + hex SHA-256 of its bytes."""
+    return "sha256:" + hashlib.sha256(_to_bytes(key_id)).hexdigest()
+
+
+class MalformedEnvelope(ValueError):
+    """A kms v2 payload that is not an EncryptedObject kube-apiserver would accept."""
+
+
+def _read_varint(data, position):
+    result = 0
+    shift = 0
+    while True:
+        if position >= len(data):
+            raise MalformedEnvelope("truncated varint")
+        byte = data[position]
+        position += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, position
+        shift += 7
+        if shift >= 64:
+            raise MalformedEnvelope("varint longer than 64 bits")
+
+
+def _protobuf_fields(data):
+    """``(field number, wire type, value)`` of every field of one protobuf message, in order.
+
+    Length-delimited values are bytes, varints ints; fixed 32 and 64 bit
+    fields are skipped (the EncryptedObject has none), groups are refused.
     """
-    return "kms:v2:%s" % name
+    data = bytes(data)
+    position = 0
+    while position < len(data):
+        tag, position = _read_varint(data, position)
+        number, wire_type = tag >> 3, tag & 0x7
+        if number == 0:
+            raise MalformedEnvelope("field number 0")
+        if wire_type == 0:
+            value, position = _read_varint(data, position)
+        elif wire_type == 2:
+            length, position = _read_varint(data, position)
+            if position + length > len(data):
+                raise MalformedEnvelope("field %d runs past the end" % number)
+            value, position = data[position:position + length], position + length
+        elif wire_type in (1, 5):
+            position += 8 if wire_type == 1 else 4
+            if position > len(data):
+                raise MalformedEnvelope("field %d runs past the end" % number)
+            continue
+        else:
+            raise MalformedEnvelope("field %d has the unsupported wire type %d" % (number, wire_type))
+        yield number, wire_type, value
+
+
+def parse_kms_v2(payload):
+    """Read a kms v2 ``EncryptedObject`` (the bytes after ``k8s:enc:kms:v2:<name>:``) as a ``KmsV2Envelope``.
+
+    Parsed by hand from the protobuf wire format (field numbers from the
+    upstream api.proto), and checked like kube-apiserver's
+    ``ValidateEncryptedObject``: a known DEK source type, non-empty data, a DEK
+    source and a key ID of 1 to 1024 bytes, annotations of at most 32 KiB.
+    Raises ``MalformedEnvelope``.  Returns sizes and names only: neither the
+    encrypted DEK source nor the ciphertext leave this function.
+    """
+    scalars = {}
+    annotations = {}
+    for number, wire_type, value in _protobuf_fields(payload):
+        expected = 0 if number == _EO_ENCRYPTED_DEK_SOURCE_TYPE else 2
+        if number > _EO_ENCRYPTED_DEK_SOURCE_TYPE:
+            continue  # an unknown field: proto3 parsers skip it
+        if wire_type != expected:
+            raise MalformedEnvelope("field %d has wire type %d, not %d" % (number, wire_type, expected))
+        if number == _EO_ANNOTATIONS:
+            entry = dict((field, item) for field, dummy, item in _protobuf_fields(value))
+            try:
+                annotations[entry.get(1, b"").decode("utf-8")] = entry.get(2, b"")
+            except UnicodeDecodeError:
+                raise MalformedEnvelope("an annotation key is not UTF-8")
+        else:
+            scalars[number] = value  # proto3: the last occurrence wins
+    try:
+        key_id = scalars.get(_EO_KEY_ID, b"").decode("utf-8")
+    except UnicodeDecodeError:
+        raise MalformedEnvelope("the key ID is not UTF-8")
+    source_type = scalars.get(_EO_ENCRYPTED_DEK_SOURCE_TYPE, 0)
+    if source_type not in KMS_DEK_SOURCE_TYPES:
+        raise MalformedEnvelope("unknown encryptedDEKSourceType %d" % source_type)
+    if not scalars.get(_EO_ENCRYPTED_DATA):
+        raise MalformedEnvelope("encryptedData is empty")
+    dek_source = scalars.get(_EO_ENCRYPTED_DEK_SOURCE, b"")
+    if not dek_source or len(dek_source) > _KMS_DEK_SOURCE_MAX:
+        raise MalformedEnvelope("encryptedDEKSource is %d bytes (1 to %d)" % (len(dek_source), _KMS_DEK_SOURCE_MAX))
+    if not key_id or len(key_id.encode("utf-8")) > _KMS_KEY_ID_MAX:
+        raise MalformedEnvelope("keyID is %d bytes (1 to %d)" % (len(key_id.encode("utf-8")), _KMS_KEY_ID_MAX))
+    if sum(len(key.encode("utf-8")) + len(value) for key, value in annotations.items()) > _KMS_ANNOTATIONS_MAX:
+        raise MalformedEnvelope("the annotations exceed %d bytes" % _KMS_ANNOTATIONS_MAX)
+    return KmsV2Envelope(key_id, KMS_DEK_SOURCE_TYPES[source_type], len(dek_source),
+                         len(scalars[_EO_ENCRYPTED_DATA]), sorted(annotations))
+
+
+def kms_v2_key_id(value):
+    """The KMS key ID of a raw ``k8s:enc:kms:v2:`` value, or None when it is not one or is malformed."""
+    value = bytes(value)
+    if not value.startswith(ENCRYPTED_MAGIC + b"kms:v2:"):
+        return None
+    dummy, payload = split_value(value)
+    try:
+        return parse_kms_v2(payload).key_id
+    except MalformedEnvelope:
+        return None
 
 
 def provider_type(notation):
@@ -204,12 +347,32 @@ def is_encrypted(notation):
 
 
 def validate_notation(notation):
-    """Check a notation given by the user, like ``secretbox:k2``, ``kms:v2:vault`` or ``identity``."""
+    """Check a notation given by the user, like ``secretbox:k2``, ``kms:vault`` or ``identity``.
+
+    Returns it normalized: ``kms:v2:<name>`` becomes ``kms:<name>``, as ``classify`` names kms v2 values.
+    """
     if not isinstance(notation, str) or not _NOTATION.fullmatch(notation):
         raise EtcdEncryptionError(
             "%r is not a provider notation: use identity, aescbc:<key name>, aesgcm:<key name>, "
-            "secretbox:<key name>, kms:v1:<name> or kms:v2:<name> (names without ':')" % (notation,))
+            "secretbox:<key name>, kms:<name> (kms v2, also written kms:v2:<name>) or kms:v1:<name> "
+            "(names without ':')" % (notation,))
+    if notation.startswith("kms:v2:"):
+        return "kms:" + notation[len("kms:v2:"):]
     return notation
+
+
+def is_kms_v2(notation):
+    """Whether ``notation`` (as ``classify`` returns it) names a kms v2 provider."""
+    return notation.startswith("kms:") and not notation.startswith("kms:v1:")
+
+
+def validate_kms_key_id_hash(value):
+    """Check a key ID hash as kube-apiserver's metrics show it: ``sha256:`` + 64 lowercase hex digits."""
+    if not isinstance(value, str) or not _KMS_KEY_ID_HASH.fullmatch(value):
+        raise EtcdEncryptionError("%r is not a KMS key ID hash: sha256: followed by 64 lowercase hex digits, "
+                                  "as in kube-apiserver's apiserver_envelope_encryption_key_id_hash_* metrics"
+                                  % (value,))
+    return value
 
 
 # ---------------------------------------------------------------------------
@@ -405,11 +568,35 @@ class ScanTally(object):
     ``expected_provider`` (a notation) makes every value under anything else
     offending; with ``decrypt`` every value is checked against ``keys``
     (notation -> bytes): keyed values with ``decrypt_check``, ``unknown``
-    values count as failures, kms values as not checked.
+    values count as failures, kms values as not checked (a kms v2 value whose
+    EncryptedObject is malformed fails).
+
+    kms v2 values are also counted per provider and KMS key ID
+    (``by_kms_key_id``).  ``expected_kms_key_id`` or
+    ``expected_kms_key_id_hash`` (``sha256:<hex>``, as kube-apiserver's
+    metrics name key IDs) makes a value of the expected kms provider under any
+    other key ID offending too: the rewrite after a KEK rotation is done when
+    there is none.
     """
 
-    def __init__(self, expected_provider=None, keys=None, decrypt=False, sample_size=DEFAULT_SAMPLE_SIZE):
+    def __init__(self, expected_provider=None, keys=None, decrypt=False, sample_size=DEFAULT_SAMPLE_SIZE,
+                 expected_kms_key_id=None, expected_kms_key_id_hash=None):
         self.expected_provider = validate_notation(expected_provider) if expected_provider else None
+        if expected_kms_key_id is not None and expected_kms_key_id_hash is not None:
+            raise EtcdEncryptionError("give the expected KMS key ID or its hash, not both")
+        if expected_kms_key_id is not None:
+            if not isinstance(expected_kms_key_id, str) or not expected_kms_key_id:
+                raise EtcdEncryptionError("the expected KMS key ID must be a non-empty string")
+            expected_kms_key_id_hash = kms_key_id_hash(expected_kms_key_id)
+        if expected_kms_key_id_hash is not None:
+            validate_kms_key_id_hash(expected_kms_key_id_hash)
+            if not (self.expected_provider and is_kms_v2(self.expected_provider)):
+                raise EtcdEncryptionError("an expected KMS key ID needs an expected kms provider (kms:<name>), "
+                                          "not %s" % (self.expected_provider or "none"))
+        self.expected_kms_key_id_hash = expected_kms_key_id_hash
+        self.by_kms_key_id = {}
+        self.kms_key_id_hashes = {}
+        self.stale_kms_key_id = 0
         self._keys = dict(keys or {})
         self.decrypt = bool(decrypt)
         self.sample_size = max(0, int(sample_size))
@@ -430,7 +617,10 @@ class ScanTally(object):
         self.by_resource.setdefault(resource, {"total": 0, "by_provider": {}})
 
     def add(self, resource, etcd_key, value):
-        notation = classify(value)
+        notation, payload = split_value(value)
+        envelope = None
+        if is_kms_v2(notation):
+            envelope = self._count_kms_key_id(notation, payload)
         self.total += 1
         if is_encrypted(notation):
             self.encrypted += 1
@@ -439,23 +629,49 @@ class ScanTally(object):
         counts = self.by_resource[resource]
         counts["total"] += 1
         counts["by_provider"][notation] = counts["by_provider"].get(notation, 0) + 1
-        if self.expected_provider and notation != self.expected_provider:
+        offending = bool(self.expected_provider) and notation != self.expected_provider
+        if not offending and self.expected_kms_key_id_hash and (
+                envelope is None or kms_key_id_hash(envelope.key_id) != self.expected_kms_key_id_hash):
+            offending = True
+            self.stale_kms_key_id += 1
+        if offending:
             self.offending += 1
             if len(self.offending_sample) < self.sample_size:
                 self.offending_sample.append(_key_text(etcd_key))
         if self.decrypt:
-            self._check(etcd_key, value, notation)
+            self._check(etcd_key, value, notation, envelope)
 
-    def _check(self, etcd_key, value, notation):
+    def _count_kms_key_id(self, notation, payload):
+        """Tally a kms v2 value by key ID; return its envelope, or None when it is malformed."""
+        try:
+            envelope = parse_kms_v2(payload)
+        except MalformedEnvelope:
+            envelope = None
+        counts = self.by_kms_key_id.setdefault(notation, {})
+        label = envelope.key_id if envelope else KMS_MALFORMED
+        if label not in counts and envelope and len(self.kms_key_id_hashes) >= KMS_KEY_IDS_MAX:
+            label = KMS_OTHER_KEY_IDS
+        counts[label] = counts.get(label, 0) + 1
+        if envelope and label == envelope.key_id and label not in self.kms_key_id_hashes:
+            self.kms_key_id_hashes[label] = kms_key_id_hash(label)
+        return envelope
+
+    def _check(self, etcd_key, value, notation, envelope=None):
         if notation == IDENTITY:
             return
         if provider_type(notation) == "kms":
+            if is_kms_v2(notation) and envelope is None:
+                self._fail(etcd_key, notation, "malformed_envelope")
+                return
             self.decrypt_unchecked += 1
             return
         ok, reason = decrypt_check(etcd_key, value, self._keys)
         if ok:
             self.decrypt_checked += 1
             return
+        self._fail(etcd_key, notation, reason)
+
+    def _fail(self, etcd_key, notation, reason):
         self.decrypt_failures += 1
         self.decrypt_failures_by_reason[reason] = self.decrypt_failures_by_reason.get(reason, 0) + 1
         if len(self.decrypt_failure_sample) < self.sample_size:
@@ -486,6 +702,10 @@ class ScanTally(object):
             "decrypt_failures_by_reason": self.decrypt_failures_by_reason,
             "decrypt_failure_sample": self.decrypt_failure_sample,
             "all_expected": self.all_expected,
+            "by_kms_key_id": self.by_kms_key_id,
+            "kms_key_id_hashes": self.kms_key_id_hashes,
+            "expected_kms_key_id_hash": self.expected_kms_key_id_hash,
+            "stale_kms_key_id": self.stale_kms_key_id,
         }
 
 

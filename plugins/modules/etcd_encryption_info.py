@@ -18,6 +18,10 @@ description:
     C(k8s:enc:secretbox:v1:<key name>:)). Values that are not encrypted are counted as V(identity).
   - With O(expected_provider), every value stored with anything else is offending; a bounded sample of their etcd
     keys is returned.
+  - kms v2 values are also counted per KMS key ID (RV(by_kms_key_id)), read from the C(EncryptedObject) envelope
+    kube-apiserver stores them in, without the KMS plugin. With O(expected_kms_key_id) or
+    O(expected_kms_key_id_hash), a value of the expected kms provider under any other key ID (a KEK the KMS has
+    rotated away from) is offending too.
   - With O(keys), every aescbc, aesgcm and secretbox value is also decrypted with the escrowed key its prefix names,
     which proves that the escrow can still read the data; a value whose key is not in O(keys) fails the check.
   - Reads etcd through its v3 JSON gateway in pages of O(page_size) keys, all at one etcd revision, so the counts
@@ -70,9 +74,22 @@ options:
   expected_provider:
     description:
       - The provider notation every value should be stored with, for example V(secretbox:key-2), V(aescbc:key-1),
-        V(aesgcm:key-1), V(kms:v2:<name>) or V(identity).
+        V(aesgcm:key-1), V(kms:<name>) (a kms v2 provider; V(kms:v2:<name>) means the same) or V(identity).
       - Values stored with anything else are counted in RV(offending) and listed in RV(offending_sample).
       - If not set, nothing is offending and RV(all_expected) only reflects the decrypt check.
+    type: str
+  expected_kms_key_id:
+    description:
+      - The KMS key ID (the KEK's ID, as the KMS plugin's C(Status) reports it) every value of the kms v2 provider
+        O(expected_provider) should be stored under. Values under another key ID are offending and counted in
+        RV(stale_kms_key_id).
+      - Requires O(expected_provider) to be a kms provider. Mutually exclusive with O(expected_kms_key_id_hash).
+    type: str
+  expected_kms_key_id_hash:
+    description:
+      - Like O(expected_kms_key_id), given as kube-apiserver's metrics name a key ID, C(sha256:) followed by the
+        64 hex digits of the SHA-256 of the key ID (the C(key_id_hash) label of
+        C(apiserver_envelope_encryption_key_id_hash_status_last_timestamp_seconds)).
     type: str
   keys:
     description:
@@ -101,7 +118,8 @@ options:
       - Decrypt every aescbc, aesgcm and secretbox value with the key from O(keys) that its prefix names, and check
         that the plaintext is a stored object. aesgcm values are authenticated against their full etcd key.
       - Values stored with a key that is not in O(keys), or in no format kube-apiserver writes, are failures;
-        kms values cannot be opened without the KMS plugin and are counted in RV(decrypt_unchecked).
+        kms values cannot be opened without the KMS plugin and are counted in RV(decrypt_unchecked); a kms v2 value
+        whose envelope kube-apiserver would not accept fails with V(malformed_envelope).
       - Defaults to V(true) when O(keys) is not empty.
     type: bool
 notes:
@@ -118,6 +136,9 @@ seealso:
   - name: Encrypting Confidential Data at Rest
     description: How kube-apiserver encrypts resources, and how to verify it from etcd.
     link: https://kubernetes.io/docs/tasks/administer-cluster/encrypt-data/
+  - name: Using a KMS provider for data encryption
+    description: KMS v2, key IDs, and the rewrite after a KEK rotation.
+    link: https://kubernetes.io/docs/tasks/administer-cluster/kms-provider/
 """
 
 EXAMPLES = r"""
@@ -160,6 +181,22 @@ EXAMPLES = r"""
       {{ __kubecrypt_verify.offending_sample[:5] | join(', ') }}) and
       {{ __kubecrypt_verify.decrypt_failures }} failed the decrypt check.
 
+- name: After a KEK rotation in the KMS, find the Secrets still under an older key ID
+  kubecrypt.at_rest.etcd_encryption_info:
+    etcd_endpoints: "{{ kubecrypt_etcd_endpoints }}"
+    etcd_ca_cert: /etc/kubernetes/pki/etcd/ca.crt
+    etcd_cert: /etc/kubernetes/pki/apiserver-etcd-client.crt
+    etcd_key: /etc/kubernetes/pki/apiserver-etcd-client.key
+    expected_provider: kms:vault
+    expected_kms_key_id: "{{ kubecrypt_current_kek_id }}"
+  become: true
+  run_once: true
+  register: __kubecrypt_kek_scan
+
+- name: Show how many Secrets each KEK holds
+  ansible.builtin.debug:
+    var: __kubecrypt_kek_scan.by_kms_key_id
+
 - name: Scan a custom resource and a prefix the mapping does not know, with the endpoints from the environment
   kubecrypt.at_rest.etcd_encryption_info:
     prefixes:
@@ -198,7 +235,7 @@ by_provider:
   description:
     - Number of values per provider notation, over all resources.
     - Notations are V(identity) (not encrypted; protobuf, JSON, CBOR or YAML), C(aescbc:<key name>),
-      C(aesgcm:<key name>), C(secretbox:<key name>), C(kms:v1:<name>), C(kms:v2:<name>), and V(unknown) for a
+      C(aesgcm:<key name>), C(secretbox:<key name>), C(kms:<name>) (kms v2), C(kms:v1:<name>), and V(unknown) for a
       value in no format kube-apiserver writes (an unknown or malformed C(k8s:enc:) prefix, or corrupted data).
   returned: always
   type: dict
@@ -218,7 +255,9 @@ expected_provider:
   type: str
   sample: secretbox:key-2
 offending:
-  description: Number of values not stored with O(expected_provider); V(0) when it is not set.
+  description:
+    - Number of values not stored with O(expected_provider) or, with O(expected_kms_key_id) or
+      O(expected_kms_key_id_hash), under another KMS key ID; V(0) when neither is set.
   returned: always
   type: int
   sample: 52
@@ -228,6 +267,34 @@ offending_sample:
   type: list
   elements: str
   sample: [/registry/secrets/default/db-password, /registry/secrets/kube-system/bootstrap-token-abcdef]
+by_kms_key_id:
+  description:
+    - Per kms v2 provider notation, the number of values per KMS key ID. Key IDs are not secret (kube-apiserver
+      stores them in plaintext beside each value).
+    - V((malformed EncryptedObject)) counts values whose envelope cannot be read; beyond 100 distinct key IDs the
+      rest are counted under V((other key IDs)).
+  returned: always
+  type: dict
+  sample:
+    kms:vault:
+      kek-2: 1198
+      kek-1: 2
+kms_key_id_hashes:
+  description: For each key ID in RV(by_kms_key_id), its hash as kube-apiserver's metrics show it.
+  returned: always
+  type: dict
+  sample:
+    kek-2: sha256:4c5f2c8d6e1f0f5f0c8a3e7a6a5b0d2e6f1c9b8a7d6e5f4c3b2a1908f7e6d5c4
+expected_kms_key_id_hash:
+  description: The hash of the expected KMS key ID, or V(null).
+  returned: always
+  type: str
+  sample: sha256:4c5f2c8d6e1f0f5f0c8a3e7a6a5b0d2e6f1c9b8a7d6e5f4c3b2a1908f7e6d5c4
+stale_kms_key_id:
+  description: Number of values of the expected kms provider that are offending because of their KMS key ID.
+  returned: always
+  type: int
+  sample: 2
 decrypt_checked:
   description: Number of encrypted values that were decrypted with an escrowed key and hold a stored object.
   returned: always
@@ -251,7 +318,8 @@ decrypt_failures_by_reason:
       another etcd key); V(bad_padding) aescbc padding is invalid (wrong key or corrupted value);
       V(not_an_object) decrypted, but the plaintext is no stored object (wrong key or corrupted value);
       V(too_short) and V(not_block_aligned) the value is truncated; V(unrecognized_format) the value is in no format
-      kube-apiserver writes.
+      kube-apiserver writes; V(malformed_envelope) a kms v2 value whose C(EncryptedObject) kube-apiserver would not
+      accept.
   returned: always
   type: dict
   sample:
@@ -330,6 +398,8 @@ def _argument_spec():
         page_size=dict(type="int", default=500),
         sample_size=dict(type="int", default=20),
         expected_provider=dict(type="str"),
+        expected_kms_key_id=dict(type="str"),
+        expected_kms_key_id_hash=dict(type="str"),
         keys=dict(type="list", elements="dict", default=[], no_log=False, options=dict(
             provider=dict(type="str", required=True, choices=["aescbc", "aesgcm", "secretbox"]),
             name=dict(type="str", required=True),
@@ -348,7 +418,9 @@ def _scan(params, keys):
         raise EtcdEncryptionError("sample_size must not be negative, not %d" % params["sample_size"])
     decrypt = params["decrypt_check"] if params["decrypt_check"] is not None else bool(keys)
     targets = etcd_prefixes(params["resources"], params["prefix"], params["prefixes"])
-    tally = ScanTally(params["expected_provider"], keys, decrypt, params["sample_size"])
+    tally = ScanTally(params["expected_provider"], keys, decrypt, params["sample_size"],
+                      expected_kms_key_id=params["expected_kms_key_id"],
+                      expected_kms_key_id_hash=params["expected_kms_key_id_hash"])
     with client_from_params(params) as client:
         revision = run_scan(client, targets, tally, params["page_size"])
         endpoint = client.endpoint
@@ -360,7 +432,7 @@ def _scan(params, keys):
 def main():
     module = AnsibleModule(
         argument_spec=_argument_spec(),
-        mutually_exclusive=[("resources", "prefixes")],
+        mutually_exclusive=[("resources", "prefixes"), ("expected_kms_key_id", "expected_kms_key_id_hash")],
         required_together=ETCD_REQUIRED_TOGETHER,
         supports_check_mode=True,
     )

@@ -89,7 +89,7 @@ KEYS = {
     (b"k8s:enc:aesgcm:v1:key-1:" + b"\x00" * 28, "aesgcm:key-1"),
     (b"k8s:enc:secretbox:v1:secretbox-20261122t230102z:" + b"\x00" * 40, "secretbox:secretbox-20261122t230102z"),
     (b"k8s:enc:kms:v1:vault:" + b"\x00\x10", "kms:v1:vault"),
-    (b"k8s:enc:kms:v2:vault:" + b"\n\x10", "kms:v2:vault"),
+    (b"k8s:enc:kms:v2:vault:" + b"\n\x10", "kms:vault"),
     # a key name ends at the first ':' (payload bytes may contain more)
     (b"k8s:enc:secretbox:v1:k:\x00:\x01", "secretbox:k"),
     (b"", "unknown"),
@@ -114,8 +114,8 @@ def test_split_value_returns_the_payload_after_the_prefix():
     assert split_value(b"k8s\x00abc") == ("identity", b"k8s\x00abc")
 
 
-def test_kms_v2_notation_is_the_documented_extension_point():
-    assert etcd_encryption._kms_v2_notation("vault", b"\n\x03abc") == "kms:v2:vault"
+def test_kms_v2_notation_is_the_notation_of_the_planner():
+    assert etcd_encryption._kms_v2_notation("vault", b"\n\x03abc") == "kms:vault"
 
 
 _NAMES = st.text(alphabet=st.characters(blacklist_characters=":", blacklist_categories=("Cs",)), min_size=1,
@@ -279,12 +279,16 @@ def test_parse_keys_refuses_one_name_with_two_secrets():
 
 
 @pytest.mark.parametrize("notation", ["identity", "aescbc:k1", "aesgcm:key-2", "secretbox:s", "kms:v1:a",
-                                      "kms:v2:vault"])
+                                      "kms:vault"])
 def test_valid_notations(notation):
     assert validate_notation(notation) == notation
 
 
-@pytest.mark.parametrize("notation", ["", "aescbc", "aescbc:", "aescbc:a:b", "kms:vault", "kms:v3:a", "plain",
+def test_kms_v2_notation_is_normalized():
+    assert validate_notation("kms:v2:vault") == "kms:vault"
+
+
+@pytest.mark.parametrize("notation", ["", "aescbc", "aescbc:", "aescbc:a:b", "kms:v3:a", "kms:v2:", "plain",
                                       "unknown", None])
 def test_invalid_notations(notation):
     with pytest.raises(EtcdEncryptionError, match="not a provider notation"):
@@ -358,7 +362,8 @@ def _values():
                                                    b"/registry/secrets/a/3")),
         ("secrets", b"/registry/secrets/a/4", PLAINTEXT),
         ("secrets", b"/registry/secrets/a/5", seal("secretbox", os.urandom(32), "old")),
-        ("secrets", b"/registry/secrets/a/6", b"k8s:enc:kms:v2:vault:\n\x01"),
+        # a kms v2 EncryptedObject: encryptedData, keyID, encryptedDEKSource, encryptedDEKSourceType
+        ("secrets", b"/registry/secrets/a/6", b"k8s:enc:kms:v2:vault:\n\x01\x00\x12\x02k1\x1a\x01\x00(\x01"),
         ("secrets", b"/registry/secrets/a/7", b"\x00garbage"),
         # aesgcm value moved to another key: authentication fails
         ("secrets", b"/registry/secrets/a/8", seal("aesgcm", KEYS["aesgcm:k1"], "k1")),
@@ -374,7 +379,7 @@ def test_tally_counts_and_samples():
     result = tally.result()
     assert result["total"] == 9
     assert result["by_provider"] == {"secretbox:k1": 1, "aescbc:k1": 1, "aesgcm:k1": 2, "identity": 2,
-                                     "secretbox:old": 1, "kms:v2:vault": 1, "unknown": 1}
+                                     "secretbox:old": 1, "kms:vault": 1, "unknown": 1}
     assert result["by_resource"]["configmaps"] == {"total": 1, "by_provider": {"identity": 1}}
     assert result["by_resource"]["empty"] == {"total": 0, "by_provider": {}}
     assert result["by_resource"]["secrets"]["total"] == 8
