@@ -499,7 +499,10 @@ def wait_ready(timeout=READY_TIMEOUT):
         if pending:
             time.sleep(1)
     if pending:
-        component = sorted(pending)[0]
+        # Name the component others depend on: etcd, then the apiservers, then
+        # the load balancer in front of them.
+        order = ("etcd", "kube-apiserver", "haproxy")
+        component = min(pending, key=lambda name: (order.index(name.split(" ", 1)[0]), name))
         kind, where = component.split(" ", 1)
         if kind == "haproxy":
             log = os.path.join(LAB, "haproxy.log")
