@@ -57,7 +57,7 @@ lab-up: venv deps binaries
 	$(VPY) lab/lab.py up
 
 demo: lab-up
-	$(VPY) lab/tour.py
+	$(VPY) lab/demo.py
 
 lab-down: venv
 	$(VPY) lab/lab.py down
