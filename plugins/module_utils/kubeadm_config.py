@@ -40,6 +40,7 @@ from ansible_collections.kubecrypt.at_rest.plugins.module_utils.apiserver_manife
     verify_yaml_documents,
 )
 from ansible_collections.kubecrypt.at_rest.plugins.module_utils.files import atomic_write
+from ansible_collections.kubecrypt.at_rest.plugins.module_utils.k8s import ApiClient, ApiError, ConfigError
 
 V1BETA3 = "kubeadm.k8s.io/v1beta3"
 V1BETA4 = "kubeadm.k8s.io/v1beta4"
@@ -334,6 +335,45 @@ def _remove_args_and_volume(api_server, args, encryption_config, changes):
             changes.add("removed extraVolumes %s (%s)" % (ours, directory))
 
 
+CONFIGMAP_PATH = "/api/v1/namespaces/kube-system/configmaps/kubeadm-config"
+CONFIGMAP_KEY = "ClusterConfiguration"
+_CONFLICT_RETRIES = 3
+
+
+def update_configmap(client, encryption_config, automatic_reload, state, check_mode=False):
+    """Record the flags in the ``kubeadm-config`` ConfigMap through the API.
+
+    Read, change the ``ClusterConfiguration`` text, and write it back with the
+    resourceVersion that was read, so that a concurrent writer (``kubeadm
+    upgrade``, another run) is never overwritten: a conflict is read again
+    and retried.  Returns ``(found, before, after, changes)``; ``found`` is
+    false when the cluster has no such ConfigMap (not a kubeadm cluster).
+    ``client`` is a ``module_utils.k8s.ApiClient``.
+    """
+    for attempt in range(_CONFLICT_RETRIES + 1):
+        try:
+            dummy, dummy, configmap = client.request("GET", CONFIGMAP_PATH)
+        except ApiError as exc:
+            if exc.status == 404:
+                return False, None, None, None
+            raise
+        before = (configmap.get("data") or {}).get(CONFIGMAP_KEY)
+        if before is None:
+            raise KubeadmConfigError("kube-system/kubeadm-config has no %s key" % CONFIGMAP_KEY)
+        after, changes = update_cluster_configuration(before, encryption_config, automatic_reload, state)
+        if after == before or check_mode:
+            return True, before, after, changes
+        configmap["data"][CONFIGMAP_KEY] = after
+        try:
+            client.request("PUT", CONFIGMAP_PATH, body=configmap)
+        except ApiError as exc:
+            if exc.status == 409 and attempt < _CONFLICT_RETRIES:
+                continue
+            raise
+        return True, before, after, changes
+    raise KubeadmConfigError("kube-system/kubeadm-config kept changing; nothing was written")  # pragma: no cover
+
+
 class KubeadmConfig(object):
     """Backend of the ``kubeadm_config`` module."""
 
@@ -343,6 +383,8 @@ class KubeadmConfig(object):
 
     def run(self):
         params = self.params
+        if params["configmap"]:
+            return self._run_configmap()
         path = params["path"]
         if params["content"] is not None:
             source, before = "content", params["content"]
@@ -378,6 +420,37 @@ class KubeadmConfig(object):
             result["msg"] = "changed the ClusterConfiguration in content, write the returned content back: %s" % (
                 "; ".join(changes.descriptions))
         elif changed:
+            verb = "would update" if self.module.check_mode else "updated"
+            result["msg"] = "%s the ClusterConfiguration in %s: %s" % (verb, source, "; ".join(changes.descriptions))
+        else:
+            result["msg"] = "the ClusterConfiguration in %s is already as requested" % source
+        return result
+
+    def _run_configmap(self):
+        params = self.params
+        source = "kube-system/kubeadm-config"
+        try:
+            client = ApiClient.from_module_params(params)
+            found, before, after, changes = update_configmap(
+                client, params["encryption_config"], params["automatic_reload"], params["state"],
+                check_mode=self.module.check_mode)
+        except (ApiError, ConfigError) as exc:
+            self.module.fail_json(msg="cannot update %s: %s" % (source, exc))
+        except OptionError as exc:
+            self.module.fail_json(msg=str(exc))
+        except KubeadmConfigError as exc:
+            self.module.fail_json(msg="%s %s" % (source, exc))
+        if not found:
+            return dict(changed=False, found=False, flags={}, changes=[],
+                        msg="the cluster has no %s ConfigMap (not set up by kubeadm): nothing to record" % source)
+        changed = after != before
+        result = dict(changed=changed, found=True, flags=changes.flags, volume_name=changes.volume_name,
+                      api_version=changes.api_version, changes=changes.descriptions)
+        if changes.replaced_encryption_config is not None:
+            result["replaced_encryption_config"] = changes.replaced_encryption_config
+        if self.module._diff:
+            result["diff"] = dict(before=before, after=after, before_header=source, after_header=source)
+        if changed:
             verb = "would update" if self.module.check_mode else "updated"
             result["msg"] = "%s the ClusterConfiguration in %s: %s" % (verb, source, "; ".join(changes.descriptions))
         else:

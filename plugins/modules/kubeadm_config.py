@@ -26,15 +26,17 @@ description:
     (O(content)), for example the C(ClusterConfiguration) value of the C(kubeadm-config) ConfigMap. Only the
     ClusterConfiguration document changes; other documents of a file stay byte-identical, and the
     ClusterConfiguration keeps its key order and comments.
-  - 'To update the ConfigMap: read it (for example with C(kubernetes.core.k8s_info)), pass its
-    C(data.ClusterConfiguration) as O(content), and when the task reports a change write RV(content) back to that key (for
-    example with C(kubernetes.core.k8s)). The collection''s playbooks do this once per cluster, on the first
-    control-plane node, next to running M(kubecrypt.at_rest.apiserver_manifest) on every node.'
+  - Works on a file (O(path)), on text (O(content)), or directly on the C(kubeadm-config) ConfigMap through the
+    API (O(configmap=true), with the connection options): it is read, changed and written back with the
+    resourceVersion that was read, so a concurrent change is never overwritten. A cluster without that ConfigMap
+    (not set up by kubeadm) is reported with RV(found=false) and left alone. The collection's playbooks do this
+    once per cluster, after M(kubecrypt.at_rest.apiserver_manifest) changed every node.
 author:
   - kubecrypt developers (@kubecrypt)
 requirements:
   - PyYAML where the module runs
 extends_documentation_fragment:
+  - kubecrypt.at_rest.k8s_auth
   - kubecrypt.at_rest.attributes
   - kubecrypt.at_rest.attributes.files
 attributes:
@@ -48,14 +50,20 @@ options:
       - A kubeadm configuration file on the node, possibly holding several documents (C(InitConfiguration),
         C(ClusterConfiguration), C(KubeletConfiguration), ...). It is changed in place, atomically, keeping its
         permissions.
-      - Exactly one of O(path) and O(content) is required.
+      - Exactly one of O(path), O(content) and O(configmap) is required.
     type: path
   content:
     description:
       - A ClusterConfiguration as YAML text, for example the C(ClusterConfiguration) value of the C(kubeadm-config)
         ConfigMap. Nothing is written; the result is returned as RV(content).
-      - Exactly one of O(path) and O(content) is required.
+      - Exactly one of O(path), O(content) and O(configmap) is required.
     type: str
+  configmap:
+    description:
+      - Change the C(ClusterConfiguration) key of the C(kube-system/kubeadm-config) ConfigMap through the API,
+        with the connection options (O(kubeconfig), O(host), ...).
+      - Exactly one of O(path), O(content) and O(configmap) is required.
+    type: bool
   encryption_config:
     description:
       - Path of the EncryptionConfiguration file, the same on the host and in the pod, as given to
@@ -85,6 +93,13 @@ seealso:
 """
 
 EXAMPLES = r"""
+- name: Record the encryption flags in the cluster's kubeadm-config ConfigMap, once
+  kubecrypt.at_rest.kubeadm_config:
+    configmap: true
+    kubeconfig: /etc/kubernetes/admin.conf
+    encryption_config: /etc/kubernetes/enc/encryption-config.yaml
+  run_once: true
+
 - name: Record the encryption flags in the configuration given to kubeadm init
   kubecrypt.at_rest.kubeadm_config:
     path: /etc/kubernetes/kubeadm-config.yaml
@@ -116,6 +131,11 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+found:
+  description: Whether the cluster has a C(kube-system/kubeadm-config) ConfigMap.
+  returned: when O(configmap=true)
+  type: bool
+  sample: true
 content:
   description: The ClusterConfiguration text after the change (the unchanged text when nothing changed).
   returned: when O(content) was given
@@ -180,20 +200,24 @@ from ansible_collections.kubecrypt.at_rest.plugins.module_utils.apiserver_manife
     HAS_YAML,
     YAML_IMPORT_ERROR,
 )
+from ansible_collections.kubecrypt.at_rest.plugins.module_utils.k8s import k8s_auth_argument_spec
 from ansible_collections.kubecrypt.at_rest.plugins.module_utils.kubeadm_config import KubeadmConfig
 
 
 def main():
+    argument_spec = k8s_auth_argument_spec()
+    argument_spec.update(
+        path=dict(type="path"),
+        content=dict(type="str"),
+        configmap=dict(type="bool"),
+        encryption_config=dict(type="path"),
+        automatic_reload=dict(type="bool", default=True),
+        state=dict(type="str", default="present", choices=["present", "absent"]),
+    )
     module = AnsibleModule(
-        argument_spec=dict(
-            path=dict(type="path"),
-            content=dict(type="str"),
-            encryption_config=dict(type="path"),
-            automatic_reload=dict(type="bool", default=True),
-            state=dict(type="str", default="present", choices=["present", "absent"]),
-        ),
-        mutually_exclusive=[("path", "content")],
-        required_one_of=[("path", "content")],
+        argument_spec=argument_spec,
+        mutually_exclusive=[("path", "content", "configmap")],
+        required_one_of=[("path", "content", "configmap")],
         required_if=[("state", "present", ["encryption_config"])],
         supports_check_mode=True,
     )
