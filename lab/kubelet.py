@@ -17,8 +17,10 @@ on it:
 
 What it does not do: images (``command[0]`` is looked up in the lab's bin
 directory, then on PATH), probes, resource limits, and namespaces other than a
-UTS namespace that gives each node its own hostname.  Host paths and
-container paths must be equal (kubeadm mounts them that way).
+UTS namespace that gives each node its own hostname and, with ``--node-dir``,
+a mount namespace that shows a directory private to the node at a path all
+nodes share (the lab's KMS plugin socket).  Host paths and container paths
+must be equal (kubeadm mounts them that way).
 """
 
 from __future__ import annotations
@@ -82,7 +84,15 @@ class Container:
         handle.write(("==== %s starting container %s (restart %d)\n" % (
             time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()), self.name, self.restarts)).encode())
         handle.flush()
-        if kubelet.uts:
+        if kubelet.node_dirs:
+            # A mount namespace of its own shows each of the node's private
+            # directories at its shared path, as if that path were on the
+            # node's own disk: three nodes on one machine can then use one
+            # path (say, a KMS plugin's socket) in one EncryptionConfiguration.
+            binds = " && ".join('mount --bind "%s" "%s"' % pair for pair in kubelet.node_dirs)
+            argv = ["unshare", "--uts", "--mount", "--propagation", "private", "--", "/bin/sh", "-c",
+                    'hostname "$0" && %s && exec "$@"' % binds, kubelet.node] + argv
+        elif kubelet.uts:
             # A UTS namespace of its own gives each node's apiserver its own
             # hostname, from which kube-apiserver derives its identity lease.
             argv = ["unshare", "--uts", "--", "/bin/sh", "-c",
@@ -133,7 +143,7 @@ class Pod:
 
 
 class Kubelet:
-    def __init__(self, node, node_root, manifests, bin_dir, log_dir, state_file, uts):
+    def __init__(self, node, node_root, manifests, bin_dir, log_dir, state_file, uts, node_dirs=()):
         self.node = node
         self.node_root = node_root
         self.manifests = manifests
@@ -141,6 +151,7 @@ class Kubelet:
         self.log_dir = log_dir
         self.state_file = state_file
         self.uts = uts
+        self.node_dirs = list(node_dirs)
         self.pods = {}
         self.ignored = {}
         self.reported = set()
@@ -286,9 +297,18 @@ def main(argv=None):
     parser.add_argument("--log-dir", required=True)
     parser.add_argument("--state-file", required=True)
     parser.add_argument("--no-uts", action="store_true", help="do not give pods their own hostname")
+    parser.add_argument("--node-dir", action="append", default=[], metavar="PRIVATE:SHARED",
+                        help="show this node's directory PRIVATE to its pods at the path SHARED (a bind mount in "
+                             "a mount namespace of each pod; implies a UTS namespace too); may be repeated")
     args = parser.parse_args(argv)
+    node_dirs = []
+    for pair in args.node_dir:
+        private, sep, shared = pair.partition(":")
+        if not sep or not os.path.isabs(private) or not os.path.isabs(shared) or '"' in pair:
+            parser.error("--node-dir wants PRIVATE:SHARED, two absolute paths without quotes, not %r" % pair)
+        node_dirs.append((private, shared))
     Kubelet(args.node, args.node_root, args.manifests, args.bin_dir, args.log_dir,
-            args.state_file, not args.no_uts).run()
+            args.state_file, not args.no_uts, node_dirs).run()
 
 
 if __name__ == "__main__":

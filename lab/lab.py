@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -38,6 +39,19 @@ PORT = 6443
 NODES = [("cp1", NET + ".11"), ("cp2", NET + ".12"), ("cp3", NET + ".13")]
 BINARIES = ("kube-apiserver", "kubectl", "etcd", "etcdctl")
 READY_TIMEOUT = float(os.environ.get("KUBECRYPT_LAB_READY_TIMEOUT", "180"))
+# The lab's KMS v2 plugin (lab/kms_plugin.py): a static pod on every node, all
+# reading one KEK file.  Each node's plugin listens in a directory private to
+# the node, which that node's pods see at one shared path (a mount namespace
+# per pod, see kubelet.py --node-dir), so the EncryptionConfiguration names one
+# endpoint and stays byte-identical on every node, as on real machines.
+KMS_NAME = "lab-kms"
+KMS_DIR = os.path.join(LAB, "kms")
+KMS_KEKS = os.path.join(KMS_DIR, "keks.json")
+KMS_SOCKET_DIR = os.path.join(LAB, "run", "kms")
+KMS_SOCKET = os.path.join(KMS_SOCKET_DIR, "kms.sock")
+KMS_ENDPOINT = "unix://" + KMS_SOCKET
+# sockaddr_un.sun_path holds 108 bytes, the terminating NUL included.
+UNIX_SOCKET_PATH_MAX = 107
 
 sys.path.insert(0, HERE)
 import pki  # noqa: E402  (lab-local module)
@@ -68,6 +82,11 @@ def node_root(name):
 
 def kube_dir(name):
     return os.path.join(node_root(name), "etc", "kubernetes")
+
+
+def kms_socket_dir(name):
+    """The node-private directory its pods see at KMS_SOCKET_DIR."""
+    return os.path.join(node_root(name), "run", "kms")
 
 
 def pid_file(component):
@@ -256,6 +275,80 @@ def apiserver_manifest(name, ip):
     }
 
 
+def kms_plugin_manifest(name):
+    """The KMS plugin as a static pod; the kubelet stand-in starts it with the node's other pods."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "creationTimestamp": None,
+            "labels": {"component": "kms-plugin", "tier": "control-plane"},
+            "name": "kms-plugin",
+            "namespace": "kube-system",
+        },
+        "spec": {
+            "containers": [{
+                "command": ["kms-plugin", "serve", "--keks", KMS_KEKS, "--socket", KMS_SOCKET, "--node", name],
+                "image": "kubecrypt-lab/kms-plugin:local",
+                "imagePullPolicy": "Never",
+                "name": "kms-plugin",
+                "volumeMounts": [
+                    {"mountPath": KMS_DIR, "name": "keks", "readOnly": True},
+                    {"mountPath": KMS_SOCKET_DIR, "name": "socket"},
+                ],
+            }],
+            "hostNetwork": True,
+            "priority": 2000001000,
+            "priorityClassName": "system-node-critical",
+            "terminationGracePeriodSeconds": 5,
+            "volumes": [
+                host_path_volume("keks", KMS_DIR, "Directory"),
+                host_path_volume("socket", KMS_SOCKET_DIR),
+            ],
+        },
+        "status": {},
+    }
+
+
+def write_kms_files():
+    """The KEK file (once), the plugin's command in bin/, the node-private socket directories."""
+    if len(KMS_SOCKET) > UNIX_SOCKET_PATH_MAX:
+        raise LabError("the KMS plugin socket path %s is %d bytes, longer than a unix socket path can be (%d); "
+                       "use a shorter KUBECRYPT_LAB_DIR" % (KMS_SOCKET, len(KMS_SOCKET), UNIX_SOCKET_PATH_MAX))
+    os.makedirs(KMS_DIR, mode=0o700, exist_ok=True)
+    os.makedirs(KMS_SOCKET_DIR, mode=0o700, exist_ok=True)
+    if not os.path.exists(KMS_KEKS):
+        subprocess.run([sys.executable, os.path.join(HERE, "kms_plugin.py"), "init", "--keks", KMS_KEKS],
+                       check=True, stdout=subprocess.DEVNULL)
+        say("created the lab KMS's first KEK (%s)" % _shown(KMS_KEKS).rstrip("/"))
+    wrapper = os.path.join(LAB, "bin", "kms-plugin")
+    text = "#!/bin/sh\n# The lab's KMS v2 plugin (lab infrastructure).\nexec %s %s \"$@\"\n" % (
+        sys.executable, os.path.join(HERE, "kms_plugin.py"))
+    with open(wrapper, "w") as handle:
+        handle.write(text)
+    os.chmod(wrapper, 0o755)
+    for name, _ip in NODES:
+        os.makedirs(kms_socket_dir(name), mode=0o700, exist_ok=True)
+
+
+def write_kms_manifests():
+    """Add the plugin pod to each node whose kubelet stand-in gives pods the node's socket directory.
+
+    A kubelet started by an older lab.py (without --node-dir) would run all
+    three plugins on one socket path: such a node gets no plugin until the lab
+    is restarted.
+    """
+    for name, _ip in NODES:
+        path = os.path.join(kube_dir(name), "manifests", "kms-plugin.yaml")
+        if os.path.exists(path):
+            continue
+        pid = read_pid("kubelet-" + name)
+        if not (pid and is_ours(pid) and "--node-dir" in _cmdline(pid)):
+            say("%s: no KMS plugin (its kubelet stand-in predates it: make lab-down lab-up)" % name)
+            continue
+        _dump(path, kms_plugin_manifest(name), mode=0o600)
+
+
 def kubeconfig(server, ca_path, cert_path, key_path, user="kubernetes-admin"):
     return {
         "apiVersion": "v1",
@@ -352,6 +445,10 @@ def inventory():
                 "kubecrypt_lb_url": "https://%s:%d" % (LB_IP, PORT),
                 "kubecrypt_admin_kubeconfig": os.path.join(LAB, "admin.conf"),
                 "kubecrypt_ca_cert": os.path.join(LAB, "pki", "ca.crt"),
+                # The lab's KMS v2 plugin, for kubecrypt_provider=kms.
+                "kubecrypt_kms_name": KMS_NAME,
+                "kubecrypt_kms_endpoint": KMS_ENDPOINT,
+                "kubecrypt_lab_kms_keks": KMS_KEKS,
             },
         }
     }
@@ -392,14 +489,17 @@ def read_pid(component):
         return None
 
 
-def is_ours(pid):
-    """True when ``pid`` runs and its command line names this lab directory."""
+def _cmdline(pid):
     try:
         with open("/proc/%d/cmdline" % pid, "rb") as handle:
-            cmdline = handle.read().decode(errors="replace")
+            return handle.read().decode(errors="replace")
     except OSError:
-        return False
-    return LAB in cmdline
+        return ""
+
+
+def is_ours(pid):
+    """True when ``pid`` runs and its command line names this lab directory."""
+    return LAB in _cmdline(pid)
 
 
 def start_daemon(component, argv, log_path):
@@ -436,6 +536,7 @@ def start_processes():
             "--bin-dir", os.path.join(LAB, "bin"),
             "--log-dir", os.path.join(root, "logs"),
             "--state-file", os.path.join(root, "kubelet-state.json"),
+            "--node-dir", "%s:%s" % (kms_socket_dir(name), KMS_SOCKET_DIR),
         ], os.path.join(root, "logs", "kubelet.log"))
 
 
@@ -457,6 +558,19 @@ def readyz(ip, timeout=3.0):
         return False, "HTTP %d %s" % (error.code, error.read().decode(errors="replace")[-300:])
     except (OSError, ssl.SSLError) as error:
         return False, str(error)
+
+
+def kms_plugin_listens(name):
+    """Whether the node's KMS plugin accepts connections (seen from here at the node-private path)."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(2)
+    try:
+        probe.connect(os.path.join(kms_socket_dir(name), os.path.basename(KMS_SOCKET)))
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
 
 
 def etcd_healthy(ip):
@@ -483,11 +597,15 @@ def wait_ready(timeout=READY_TIMEOUT):
     pending = {"etcd " + name: ip for name, ip in NODES}
     pending.update({"kube-apiserver " + name: ip for name, ip in NODES})
     pending["haproxy " + LB_IP] = LB_IP
+    pending.update({"kms-plugin " + name: ip for name, ip in NODES
+                    if os.path.exists(os.path.join(kube_dir(name), "manifests", "kms-plugin.yaml"))})
     detail = {}
     while pending and time.monotonic() < deadline:
         for component, ip in list(pending.items()):
             if component.startswith("etcd"):
                 ok = etcd_healthy(ip)
+            elif component.startswith("kms-plugin"):
+                ok = kms_plugin_listens(component.split(" ", 1)[1])
             elif component.startswith("haproxy") and any(c.startswith("kube-apiserver") for c in pending):
                 continue
             else:
@@ -549,7 +667,9 @@ def up(_args):
     os.makedirs(LAB, exist_ok=True)
     link_binaries()
     write_files()
+    write_kms_files()
     start_processes()
+    write_kms_manifests()
     wait_ready()
     ensure_kubeadm_config()
     say("ready in %.1fs: apiservers %s, load balancer https://%s:%d" % (
