@@ -148,7 +148,13 @@ def choose_target(observed, resources, action, provider=None, keystore=None, pru
     try:
         plan = plan_transition(observed, target, rewrite_verified=rewrite_verified)
     except TransitionError as error:
-        raise TargetError("the transition to %s cannot be resumed: %s" % (candidate, error))
+        # A prune interrupted between nodes is explained only by a verified
+        # rewrite, which is not known yet when the target is chosen: resume
+        # the candidate, and let the run scan etcd before it prunes the rest.
+        try:
+            plan = plan_transition(observed, target, rewrite_verified=True)
+        except TransitionError:
+            raise TargetError("the transition to %s cannot be resumed: %s" % (candidate, error))
 
     if plan["phase"] != "done" or action == "enable":
         reason = ("%s is the newest %s key on the nodes and the transition to it is not finished (next: %s): "

@@ -98,3 +98,14 @@ def test_disable_and_kms_need_no_key():
 def test_unknown_action_is_refused():
     with pytest.raises(TargetError, match="action must be one of"):
         choose_target(nodes(None), ["secrets"], "explode")
+
+
+def test_a_prune_interrupted_between_nodes_is_resumed():
+    # cp1 was pruned, cp2 and cp3 not yet: only a verified rewrite explains
+    # that, and the run scans etcd again before it prunes the others.
+    observed = nodes(group(box("k2")), group(box("k2", "k1")), group(box("k2", "k1")))
+    for action in ("rotate", "enable"):
+        choice = choose_target(observed, ["secrets"], action, provider="secretbox", keystore=KEYSTORE)
+        assert not choice["generate"] and choice["candidate"] == "secretbox:k2"
+        assert choice["scan_is_valid"]
+        assert "next: prune" in choice["reason"]
