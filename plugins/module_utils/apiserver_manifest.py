@@ -48,6 +48,7 @@ CONTAINER_NAME = "kube-apiserver"
 CONFIG_FLAG = "encryption-provider-config"
 RELOAD_FLAG = "encryption-provider-config-automatic-reload"
 VOLUME_NAME = "kubecrypt-encryption-config"
+KMS_SOCKET_VOLUME_NAME = "kubecrypt-kms-socket"
 SHA256_ANNOTATION = "at-rest.kubecrypt.io/encryption-config-sha256"
 DEFAULT_BACKUP_DIR = "/etc/kubernetes/tmp/kubecrypt-backups"
 
@@ -55,6 +56,7 @@ DEFAULT_BACKUP_DIR = "/etc/kubernetes/tmp/kubecrypt-backups"
 _GO_TRUE = frozenset(["1", "t", "T", "TRUE", "true", "True"])
 # Volume names this collection gives out: the default and its collision suffixes.
 _OUR_VOLUME_NAME = re.compile(r"^%s(?:-[0-9]+)?$" % re.escape(VOLUME_NAME))
+_OUR_KMS_SOCKET_VOLUME_NAME = re.compile(r"^%s(?:-[0-9]+)?$" % re.escape(KMS_SOCKET_VOLUME_NAME))
 _SHA256 = re.compile(r"^(?:sha256:)?[0-9a-fA-F]{64}$")
 # Strings that Go's YAML libraries resolve to something other than a string
 # when written plain (PyYAML's YAML 1.1 rules miss some, e.g. ``1e5``).
@@ -123,6 +125,21 @@ def check_state(state, encryption_config):
         check_encryption_config(encryption_config)
 
 
+def check_kms_socket_dirs(directories):
+    """Raise OptionError unless every entry is an absolute, normalized directory below ``/``."""
+    if directories is None:
+        return
+    if not isinstance(directories, (list, tuple)):
+        raise OptionError("kms_socket_dirs must be a list of directories")
+    for directory in directories:
+        if not isinstance(directory, str) or not directory.startswith("/") or directory.startswith("//") \
+                or posixpath.normpath(directory) != directory or directory == "/" \
+                or any(ord(char) < 32 or ord(char) == 127 for char in directory):
+            raise OptionError(
+                "kms_socket_dirs: %r must be an absolute, normalized directory below / (the directory of a KMS "
+                "plugin's unix socket, e.g. /var/run/kmsplugin)" % (directory,))
+
+
 def is_go_true(value):
     """Whether the apiserver's flag parser reads ``value`` as true."""
     return value in _GO_TRUE
@@ -133,14 +150,14 @@ def is_our_volume_name(name):
     return isinstance(name, str) and bool(_OUR_VOLUME_NAME.match(name))
 
 
-def free_volume_name(used):
-    """The first of kubecrypt-encryption-config, -2, -3, ... not in ``used``."""
-    if VOLUME_NAME not in used:
-        return VOLUME_NAME
+def free_volume_name(used, base=VOLUME_NAME):
+    """The first of kubecrypt-encryption-config (or ``base``), -2, -3, ... not in ``used``."""
+    if base not in used:
+        return base
     suffix = 2
-    while "%s-%d" % (VOLUME_NAME, suffix) in used:
+    while "%s-%d" % (base, suffix) in used:
         suffix += 1
-    return "%s-%d" % (VOLUME_NAME, suffix)
+    return "%s-%d" % (base, suffix)
 
 
 def normalize_dir(path):
@@ -581,20 +598,26 @@ class _Flag(object):
         self.value = value
 
 
-def update_manifest(text, encryption_config=None, automatic_reload=True, config_sha256=None, state="present"):
+def update_manifest(text, encryption_config=None, automatic_reload=True, config_sha256=None, state="present",
+                    kms_socket_dirs=None):
     """Return ``(new_text, changes)`` for a kube-apiserver static pod manifest.
 
     ``state='present'`` ensures ``--encryption-provider-config=<encryption_config>``,
     ``--encryption-provider-config-automatic-reload=true`` (or its absence when
     ``automatic_reload`` is false), a read-only hostPath mount of the config's
     directory (or an existing mount that covers it) and the hash annotation
-    (removed when ``config_sha256`` is None).  ``state='absent'`` removes what
-    ``present`` adds and nothing else.  Raises OptionError or ManifestError;
-    never returns text that does not load as the intended pod.
+    (removed when ``config_sha256`` is None).  With ``kms_socket_dirs`` (a
+    list), each of those directories is mounted at the same path (or covered
+    by an existing mount) and the socket mounts this function added for other
+    directories are removed; ``None`` leaves the socket mounts alone.
+    ``state='absent'`` removes what ``present`` adds and nothing else.  Raises
+    OptionError or ManifestError; never returns text that does not load as the
+    intended pod.
     """
     check_state(state, encryption_config)
     if config_sha256 is not None:
         check_config_sha256(config_sha256)
+    check_kms_socket_dirs(kms_socket_dirs)
     try:
         documents = load_yaml_documents(text)
     except YamlEditError as exc:
@@ -617,8 +640,11 @@ def update_manifest(text, encryption_config=None, automatic_reload=True, config_
         changes.volume_name = _ensure_directory_mount(
             desired, container, posixpath.dirname(encryption_config), stale_directory, changes
         )
+        if kms_socket_dirs is not None:
+            _ensure_kms_socket_mounts(desired, container, kms_socket_dirs, changes)
     else:
         _remove_flags_and_mount(desired, container, encryption_config, changes)
+        _ensure_kms_socket_mounts(desired, container, [], changes)
     _ensure_annotation(desired, config_sha256 if state == "present" else None, changes)
     changes.flags = dict((name, flag.value) for name, flag in _find_flags(container).items())
 
@@ -894,6 +920,50 @@ def _ensure_directory_mount(pod, container, directory, stale_directory, changes)
     return name
 
 
+def _our_kms_socket_volumes(pod, container):
+    """``{directory: volume name}`` of the socket mounts this module added."""
+    volumes = dict((volume.get("name"), volume) for volume in _volumes(pod))
+    found = {}
+    for mount in _mounts(container):
+        name = mount.get("name")
+        host = volumes.get(name, {}).get("hostPath")
+        if not (isinstance(name, str) and _OUR_KMS_SOCKET_VOLUME_NAME.match(name)) or not isinstance(host, dict):
+            continue
+        if host.get("path") == mount.get("mountPath") and host.get("type") == "DirectoryOrCreate" \
+                and not mount.get("subPath") and not mount.get("subPathExpr"):
+            found[host["path"]] = name
+    return found
+
+
+def _ensure_kms_socket_mounts(pod, container, directories, changes):
+    """Mount each KMS plugin socket directory at its own path; drop the socket mounts of other directories.
+
+    kube-apiserver connects to the plugin's unix socket, so the mount is not
+    read-only.  A mount that already shows the directory at the same path
+    (the encryption config's, or one of the pod's own) is used instead.
+    """
+    ours = _our_kms_socket_volumes(pod, container)
+    for directory, name in sorted(ours.items()):
+        if directory not in directories:
+            _remove_volume(pod, container, name)
+            changes.add("removed volume %s of the KMS plugin socket directory %s" % (name, directory))
+    for directory in directories:
+        if directory in ours or _covering_volume(pod, container, directory):
+            continue
+        for mount in _mounts(container):
+            if normalize_dir(mount.get("mountPath")) == directory:
+                raise ManifestError(
+                    "already mounts volume %r at %s, and it is not a hostPath of that same directory; "
+                    "cannot mount the KMS plugin socket directory there" % (mount.get("name"), directory))
+        name = free_volume_name(_used_volume_names(pod), KMS_SOCKET_VOLUME_NAME)
+        _insert_by_name(pod["spec"], "volumes", {
+            "hostPath": {"path": directory, "type": "DirectoryOrCreate"},
+            "name": name,
+        })
+        _insert_by_name(container, "volumeMounts", {"mountPath": directory, "name": name})
+        changes.add("added volume %s: KMS plugin socket directory %s mounted at the same path" % (name, directory))
+
+
 def _remove_flags_and_mount(pod, container, encryption_config, changes):
     found = _find_flags(container)
     current = found.get(CONFIG_FLAG)
@@ -988,7 +1058,8 @@ class ApiserverManifest(object):
         before_bytes, before = read_text_file(self.module, self.path)
         try:
             after, changes = update_manifest(
-                before, config, params["automatic_reload"], params["config_sha256"], params["state"]
+                before, config, params["automatic_reload"], params["config_sha256"], params["state"],
+                kms_socket_dirs=params.get("kms_socket_dirs"),
             )
         except OptionError as exc:
             self.module.fail_json(msg=str(exc))

@@ -77,6 +77,18 @@ options:
         file changed.
       - When omitted, an existing annotation of this module is removed.
     type: str
+  kms_socket_dirs:
+    description:
+      - Directories of the unix sockets of the KMS v2 plugins the configuration names (the directory of each
+        C(unix://) endpoint), for example V([/var/run/kmsplugin]). Each is mounted into the pod at the same path
+        through a C(hostPath) volume of type C(DirectoryOrCreate) named C(kubecrypt-kms-socket) (not read-only:
+        the apiserver connects to the socket), unless a mount already shows it at the same path.
+      - Socket mounts this module added for directories not in the list are removed, so V([]) removes them all.
+        When omitted, the socket mounts are left as they are. O(state=absent) removes them.
+      - A new mount restarts the apiserver even with O(automatic_reload=true); until then, a reloaded
+        configuration that names the plugin cannot reach it and the apiserver keeps the previous one.
+    type: list
+    elements: path
   backup_dir:
     description:
       - Directory that receives a copy of the manifest, named C(<manifest name>.<UTC timestamp>.bak), before each
@@ -127,6 +139,12 @@ EXAMPLES = r"""
     encryption_config: /etc/kubernetes/encryption/config.yaml
     automatic_reload: false
     config_sha256: "{{ encryption_config_stat.stat.checksum }}"
+
+- name: Point the kube-apiserver at a configuration with a KMS v2 provider, and mount the plugin's socket directory
+  kubecrypt.at_rest.apiserver_manifest:
+    encryption_config: /etc/kubernetes/encryption/config.yaml
+    kms_socket_dirs:
+      - /var/run/kmsplugin
 
 - name: Remove the encryption flags, volume and annotation again
   kubecrypt.at_rest.apiserver_manifest:
@@ -203,6 +221,7 @@ def main():
             config_sha256=dict(type="str"),
             backup_dir=dict(type="path", default=DEFAULT_BACKUP_DIR),
             state=dict(type="str", default="present", choices=["present", "absent"]),
+            kms_socket_dirs=dict(type="list", elements="path"),
         ),
         required_if=[("state", "present", ["encryption_config"])],
         supports_check_mode=True,
