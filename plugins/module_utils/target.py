@@ -96,9 +96,16 @@ def choose_target(observed, resources, action, provider=None, keystore=None, pru
     ``rewrite_verified``: a scan made while every node wrote the candidate
     found nothing under any other provider/key (see ``scan_is_valid``).
 
-    Returns ``{target, generate, provider, candidate, scan_is_valid, reason}``:
-    ``target`` is the planner's target (None when ``generate`` asks for a new
-    key of type ``provider`` first).
+    Returns ``{target, generate, provider, candidate, scan_is_valid,
+    kms_key_rotation, reason}``: ``target`` is the planner's target (None when
+    ``generate`` asks for a new key of type ``provider`` first).
+
+    ``rotate`` while every node writes with one kms provider is a KEK
+    rotation: the key lives in the KMS, which rotates it itself (a new key
+    ID), so no key is generated; the target is that kms provider as the nodes
+    hold it (a transition to it that is not finished is resumed first), and
+    ``kms_key_rotation`` asks the caller to rewrite every object under the
+    KMS's current key ID once every apiserver has seen it.
     """
     if action not in ACTIONS:
         raise TargetError("action must be one of %s, not %r" % (", ".join(ACTIONS), action))
@@ -115,10 +122,13 @@ def choose_target(observed, resources, action, provider=None, keystore=None, pru
 
     if action == "rotate":
         write_types = set(notation.split(":", 1)[0] for notation in writes.values())
+        if write_types == set(["kms"]):
+            return _kms_key_rotation(observed, resources, writes, prune, rewrite_verified)
         keyed = write_types & set(KEYED_TYPES)
         if len(keyed) != 1 or len(write_types) != 1:
             raise TargetError(
-                "rotate needs every node to write %s with one keyed provider type (aescbc, aesgcm or secretbox); "
+                "rotate needs every node to write %s with one keyed provider type (aescbc, aesgcm or secretbox) "
+                "or with one kms provider; "
                 "the nodes write %s" % (", ".join(resources), ", ".join(
                     "%s: %s" % (node, writes[node]) for node in sorted(writes))))
         provider = keyed.pop()
@@ -166,7 +176,38 @@ def choose_target(observed, resources, action, provider=None, keystore=None, pru
                    "the rotation to %s is complete: a new %s key is generated and escrowed" % (candidate, provider))
 
 
-def _result(target, generate, provider, candidate, writes, reason):
+def _kms_key_rotation(observed, resources, writes, prune, rewrite_verified):
+    """Rotate while every node writes with one kms provider: rewrite under the KMS's current key."""
+    notations = sorted(set(writes.values()))
+    if len(notations) != 1:
+        raise TargetError(
+            "rotate needs every node to write %s with the same kms provider; the nodes write %s" % (
+                ", ".join(resources), ", ".join("%s: %s" % (node, writes[node]) for node in sorted(writes))))
+    notation = notations[0]
+    name = notation.split(":", 1)[1]
+    element = None
+    for node in sorted(observed):
+        for provider in _target_group(observed[node], resources) or []:
+            body = provider.get("kms") if isinstance(provider, dict) else None
+            if isinstance(body, dict) and body.get("name") == name:
+                element = dict(body)
+                break
+        if element is not None:
+            break
+    target = {"resources": resources, "provider": {"kms": element}, "prune": prune}
+    try:
+        plan = plan_transition(observed, target, rewrite_verified=rewrite_verified)
+    except TransitionError as error:
+        raise TargetError("the transition to %s cannot be resumed: %s" % (notation, error))
+    reason = ("every node writes with %s: its key lives in the KMS, which rotates it; every object is rewritten "
+              "under the key ID the KMS reports now, once every apiserver has seen it" % notation)
+    if plan["phase"] != "done":
+        reason = ("the transition to %s is not finished (next: %s): it is resumed, then %s"
+                  % (notation, plan["phase"], reason))
+    return _result(target, False, "kms", notation, writes, reason, kms_key_rotation=True)
+
+
+def _result(target, generate, provider, candidate, writes, reason, kms_key_rotation=False):
     return {
         "target": target,
         "generate": generate,
@@ -176,5 +217,6 @@ def _result(target, generate, provider, candidate, writes, reason):
         # candidate any more; before that, new data may still land elsewhere.
         "scan_is_valid": bool(candidate) and all(write == candidate for write in writes.values()),
         "write_providers": dict(writes),
+        "kms_key_rotation": kms_key_rotation,
         "reason": reason,
     }

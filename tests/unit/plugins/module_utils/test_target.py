@@ -109,3 +109,32 @@ def test_a_prune_interrupted_between_nodes_is_resumed():
         assert not choice["generate"] and choice["candidate"] == "secretbox:k2"
         assert choice["scan_is_valid"]
         assert "next: prune" in choice["reason"]
+
+
+KMS = {"kms": {"apiVersion": "v2", "name": "lab", "endpoint": "unix:///run/kms.sock", "timeout": "3s"}}
+
+
+def test_rotate_under_kms_is_a_kek_rotation_of_that_provider():
+    observed = nodes(group(KMS), group(KMS))
+    choice = choose_target(observed, ["secrets"], "rotate", keystore=KEYSTORE)
+    assert choice["kms_key_rotation"] and not choice["generate"]
+    assert choice["candidate"] == "kms:lab" and choice["provider"] == "kms"
+    assert choice["target"]["provider"] == KMS
+    assert choice["scan_is_valid"]
+
+
+def test_rotate_under_kms_resumes_an_unfinished_transition_first():
+    observed = nodes(group(KMS, box("k1")), group(KMS, box("k1")))
+    choice = choose_target(observed, ["secrets"], "rotate", keystore=KEYSTORE)
+    assert choice["kms_key_rotation"] and "not finished (next: rewrite)" in choice["reason"]
+
+
+def test_rotate_refuses_nodes_writing_with_different_kms_providers():
+    other = {"kms": dict(KMS["kms"], name="other")}
+    with pytest.raises(TargetError, match="same kms provider"):
+        choose_target(nodes(group(KMS), group(other)), ["secrets"], "rotate", keystore=KEYSTORE)
+
+
+def test_other_choices_are_no_kek_rotation():
+    observed = nodes(group(box("k1")), group(box("k1")))
+    assert not choose_target(observed, ["secrets"], "rotate", keystore=KEYSTORE)["kms_key_rotation"]
