@@ -27,6 +27,8 @@ from ansible_collections.kubecrypt.at_rest.plugins.module_utils.apiserver_manife
     RELOAD_FLAG,
     OptionError,
     YamlEditError,
+    KMS_SOCKET_VOLUME_NAME,
+    check_kms_socket_dirs,
     check_state,
     dir_covers,
     edit_yaml_document,
@@ -147,13 +149,18 @@ class _ExtraArgs(object):
         )
 
 
-def update_cluster_configuration(text, encryption_config=None, automatic_reload=True, state="present"):
+def update_cluster_configuration(text, encryption_config=None, automatic_reload=True, state="present",
+                                 kms_socket_dirs=None):
     """Return ``(new_text, changes)`` for text holding a kubeadm ClusterConfiguration.
 
     ``text`` may hold other documents (InitConfiguration, KubeletConfiguration,
-    ...); they are kept byte-identical.  Raises OptionError or KubeadmConfigError.
+    ...); they are kept byte-identical.  ``kms_socket_dirs`` records the KMS
+    plugins' socket directories as extraVolumes, like
+    ``apiserver_manifest.update_manifest``.  Raises OptionError or
+    KubeadmConfigError.
     """
     check_state(state, encryption_config)
+    check_kms_socket_dirs(kms_socket_dirs)
     try:
         documents = load_yaml_documents(text)
     except YamlEditError as exc:
@@ -188,8 +195,11 @@ def update_cluster_configuration(text, encryption_config=None, automatic_reload=
             desired, api_server, posixpath.dirname(encryption_config),
             posixpath.dirname(replaced) if replaced else None, changes,
         )
+        if kms_socket_dirs is not None:
+            _ensure_kms_socket_volumes(desired, api_server, kms_socket_dirs, changes)
     else:
         _remove_args_and_volume(api_server, args, encryption_config, changes)
+        _ensure_kms_socket_volumes(desired, api_server, [], changes)
     if not api_server and config.get("apiServer") is None:
         # nothing to record: leave a missing or null apiServer as it was
         if "apiServer" in config:
@@ -272,10 +282,10 @@ def _covering_volume(config, api_server, directory):
     return None
 
 
-def _new_volume(api_server, name, directory):
+def _new_volume(api_server, name, directory, read_only=True):
     values = {
         "hostPath": directory, "mountPath": directory, "name": name,
-        "pathType": "DirectoryOrCreate", "readOnly": True,
+        "pathType": "DirectoryOrCreate", "readOnly": read_only,
     }
     volumes = _extra_volumes(api_server)
     # follow the key order of the entries already there, else kubeadm's
@@ -305,6 +315,42 @@ def _ensure_volume(config, api_server, directory, stale_directory, changes):
     api_server["extraVolumes"].append(_new_volume(api_server, name, directory))
     changes.add("added extraVolumes %s: hostPath %s mounted read-only at the same path" % (name, directory))
     return name
+
+
+def _our_kms_socket_volumes(api_server):
+    """``{directory: name}`` of the socket extraVolumes this module added."""
+    found = {}
+    for volume in _extra_volumes(api_server):
+        name = volume.get("name")
+        if isinstance(name, str) and (name == KMS_SOCKET_VOLUME_NAME or name.startswith(KMS_SOCKET_VOLUME_NAME + "-")) \
+                and volume.get("hostPath") == volume.get("mountPath") and volume.get("pathType") == "DirectoryOrCreate" \
+                and not volume.get("readOnly"):
+            found[volume["hostPath"]] = name
+    return found
+
+
+def _ensure_kms_socket_volumes(config, api_server, directories, changes):
+    """Record each KMS plugin socket directory as a writable extraVolume; drop those of other directories."""
+    ours = _our_kms_socket_volumes(api_server)
+    for directory, name in sorted(ours.items()):
+        if directory not in directories:
+            _remove_volume(api_server, name)
+            changes.add("removed extraVolumes %s of the KMS plugin socket directory %s" % (name, directory))
+    for directory in directories:
+        if directory in ours or _covering_volume(config, api_server, directory):
+            continue
+        for volume in _extra_volumes(api_server):
+            if normalize_dir(volume.get("mountPath")) == directory:
+                raise KubeadmConfigError(
+                    "already has extraVolumes %r at %s, and it is not a hostPath of that same directory; "
+                    "cannot mount the KMS plugin socket directory there" % (volume.get("name"), directory))
+        name = free_volume_name(set(volume.get("name") for volume in _extra_volumes(api_server)),
+                                KMS_SOCKET_VOLUME_NAME)
+        if api_server.get("extraVolumes") is None:
+            api_server["extraVolumes"] = []
+        api_server["extraVolumes"].append(_new_volume(api_server, name, directory, read_only=False))
+        changes.add("added extraVolumes %s: KMS plugin socket directory %s mounted at the same path" % (
+            name, directory))
 
 
 def _remove_volume(api_server, name):
@@ -340,7 +386,7 @@ CONFIGMAP_KEY = "ClusterConfiguration"
 _CONFLICT_RETRIES = 3
 
 
-def update_configmap(client, encryption_config, automatic_reload, state, check_mode=False):
+def update_configmap(client, encryption_config, automatic_reload, state, check_mode=False, kms_socket_dirs=None):
     """Record the flags in the ``kubeadm-config`` ConfigMap through the API.
 
     Read, change the ``ClusterConfiguration`` text, and write it back with the
@@ -360,7 +406,8 @@ def update_configmap(client, encryption_config, automatic_reload, state, check_m
         before = (configmap.get("data") or {}).get(CONFIGMAP_KEY)
         if before is None:
             raise KubeadmConfigError("kube-system/kubeadm-config has no %s key" % CONFIGMAP_KEY)
-        after, changes = update_cluster_configuration(before, encryption_config, automatic_reload, state)
+        after, changes = update_cluster_configuration(before, encryption_config, automatic_reload, state,
+                                                      kms_socket_dirs=kms_socket_dirs)
         if after == before or check_mode:
             return True, before, after, changes
         configmap["data"][CONFIGMAP_KEY] = after
@@ -393,7 +440,8 @@ class KubeadmConfig(object):
             dummy, before = read_text_file(self.module, path)
         try:
             after, changes = update_cluster_configuration(
-                before, params["encryption_config"], params["automatic_reload"], params["state"]
+                before, params["encryption_config"], params["automatic_reload"], params["state"],
+                kms_socket_dirs=params.get("kms_socket_dirs"),
             )
         except OptionError as exc:
             self.module.fail_json(msg=str(exc))
@@ -433,7 +481,7 @@ class KubeadmConfig(object):
             client = ApiClient.from_module_params(params)
             found, before, after, changes = update_configmap(
                 client, params["encryption_config"], params["automatic_reload"], params["state"],
-                check_mode=self.module.check_mode)
+                check_mode=self.module.check_mode, kms_socket_dirs=params.get("kms_socket_dirs"))
         except (ApiError, ConfigError) as exc:
             self.module.fail_json(msg="cannot update %s: %s" % (source, exc))
         except OptionError as exc:
