@@ -81,8 +81,8 @@ options:
     description:
       - Directories of the unix sockets of the KMS v2 plugins the configuration names (the directory of each
         C(unix://) endpoint), for example V([/var/run/kmsplugin]). Each is mounted into the pod at the same path
-        through a C(hostPath) volume of type C(DirectoryOrCreate) named C(kubecrypt-kms-socket) (not read-only:
-        the apiserver connects to the socket), unless a mount already shows it at the same path.
+        through a C(hostPath) volume of type C(DirectoryOrCreate) named C(kubecrypt-kms-socket) (not read-only,
+        because the apiserver connects to the socket), unless a mount already shows it at the same path.
       - Socket mounts this module added for directories not in the list are removed, so V([]) removes them all.
         When omitted, the socket mounts are left as they are. O(state=absent) removes them.
       - A new mount restarts the apiserver even with O(automatic_reload=true); until then, a reloaded
