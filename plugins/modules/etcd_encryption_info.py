@@ -399,7 +399,8 @@ def _argument_spec():
         sample_size=dict(type="int", default=20),
         expected_provider=dict(type="str"),
         expected_kms_key_id=dict(type="str"),
-        expected_kms_key_id_hash=dict(type="str"),
+        # the hash of a KMS key ID, as the apiserver publishes it in its metrics: not a secret
+        expected_kms_key_id_hash=dict(type="str", no_log=False),
         keys=dict(type="list", elements="dict", default=[], no_log=False, options=dict(
             provider=dict(type="str", required=True, choices=["aescbc", "aesgcm", "secretbox"]),
             name=dict(type="str", required=True),
