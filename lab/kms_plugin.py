@@ -199,7 +199,7 @@ def load_api():
     return grpc.protos_and_services("api.proto")
 
 
-def make_servicer(messages, services, store, node):
+def make_servicer(messages, services, store):
     import grpc
 
     class KeyManagementService(services.KeyManagementServiceServicer):
@@ -270,7 +270,7 @@ def serve(args):
     os.makedirs(os.path.dirname(args.socket), mode=0o700, exist_ok=True)
     _remove_stale_socket(args.socket)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    services.add_KeyManagementServiceServicer_to_server(make_servicer(messages, services, store, args.node), server)
+    services.add_KeyManagementServiceServicer_to_server(make_servicer(messages, services, store), server)
     server.add_insecure_port("unix://" + args.socket)
     server.start()
     os.chmod(args.socket, 0o600)
