@@ -18,10 +18,11 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 DEBIAN_PACKAGES := haproxy util-linux shellcheck
 
-.PHONY: help test unit sanity lint demo lab-up lab-down lab-status deps venv binaries clean
+.PHONY: help test test-long unit sanity lint demo lab-up lab-down lab-status deps venv binaries clean
 
 help:
-	@echo "make test       everything CI runs (unit, sanity, lab tests)"
+	@echo "make test       everything CI runs (unit, sanity, lint, lab tests, molecule)"
+	@echo "make test-long  the long lab tests (SIGKILL resumability, rotation under traffic)"
 	@echo "make demo       bring up the lab and show the collection at work"
 	@echo "make lab-up     start the local HA control plane (.lab/)"
 	@echo "make lab-down   stop it and remove .lab/"
@@ -99,7 +100,14 @@ sanity: $(SANITY_VENV)/.installed deps
 test: venv deps binaries sanity lint
 	@if $(VPY) lab/lab.py status >/dev/null 2>&1; then echo "using the running lab"; teardown=0; else teardown=1; fi; \
 	$(VPY) lab/lab.py up; \
-	KUBECRYPT_LAB_TEARDOWN=$$teardown $(VPY) -m pytest -p no:cacheprovider tests/unit tests/integration
+	KUBECRYPT_LAB_TEARDOWN=$$teardown $(VPY) -m pytest -p no:cacheprovider -m "not long" tests/unit tests/integration
+
+# The long lab tests: the rotate playbook SIGKILLed at many points and resumed,
+# and a rotation under continuous traffic (tests/conftest.py names them).
+test-long: venv deps binaries
+	@if $(VPY) lab/lab.py status >/dev/null 2>&1; then echo "using the running lab"; teardown=0; else teardown=1; fi; \
+	$(VPY) lab/lab.py up; \
+	KUBECRYPT_LAB_TEARDOWN=$$teardown $(VPY) -m pytest -p no:cacheprovider -m long tests/integration
 
 clean: lab-down
 	rm -rf $(VENV)

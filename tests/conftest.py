@@ -17,3 +17,21 @@ if os.path.basename(os.path.dirname(os.path.dirname(_REPO))) != "ansible_collect
         os.symlink(_REPO, _link)
     if _COLLECTIONS not in sys.path:
         sys.path.insert(0, _COLLECTIONS)
+
+
+# The longest lab tests (SIGKILL at many points of a rotation, a rotation
+# under continuous traffic) run with `make test-long`, not in `make test`,
+# which CI runs within its time budget.
+LONG_TEST_FILES = ("test_resume.py", "test_traffic.py")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "long: a long lab test, run by `make test-long` (not by `make test`)")
+
+
+def pytest_collection_modifyitems(config, items):
+    import pytest
+
+    for item in items:
+        if os.path.basename(str(item.fspath)) in LONG_TEST_FILES:
+            item.add_marker(pytest.mark.long)
