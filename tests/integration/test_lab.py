@@ -15,7 +15,7 @@ import yaml
 from labctl import (LAB, LB, NODES, REPO, etcd_get_raw, kubectl, kubelet_state, manifests_dir, pod_process,
                     readyz, wait_for, write_atomically)
 
-pytestmark = pytest.mark.usefixtures("lab")
+pytestmark = pytest.mark.usefixtures("fresh_lab")
 
 
 def test_every_endpoint_is_ready():
