@@ -232,6 +232,12 @@ def apiserver_manifest(name, ip):
         "--service-account-key-file=%s/sa.pub" % pki_dir,
         "--service-account-signing-key-file=%s/sa.key" % pki_dir,
         "--service-cluster-ip-range=10.96.0.0/12",
+        # Not a kubeadm default, but what an apiserver behind a load balancer
+        # needs: on SIGTERM it fails /readyz at once and goes on serving for
+        # this long, so that the load balancer's checks (haproxy: every 1s,
+        # down after 2 failures) take it out before it stops listening.
+        # Without it, a rolling restart makes clients fail at random.
+        "--shutdown-delay-duration=5s",
         "--tls-cert-file=%s/apiserver.crt" % pki_dir,
         "--tls-private-key-file=%s/apiserver.key" % pki_dir,
     ]
@@ -370,7 +376,8 @@ def cluster_configuration():
         "controlPlaneEndpoint": "%s:%d" % (LB_IP, PORT),
         "kubernetesVersion": version,
         "certificatesDir": "/etc/kubernetes/pki",
-        "apiServer": {"extraArgs": [{"name": "endpoint-reconciler-type", "value": "none"}]},
+        "apiServer": {"extraArgs": [{"name": "endpoint-reconciler-type", "value": "none"},
+                                    {"name": "shutdown-delay-duration", "value": "5s"}]},
         "etcd": {"local": {"dataDir": "/var/lib/etcd"}},
         "networking": {"serviceSubnet": "10.96.0.0/12", "dnsDomain": "cluster.local"},
     }
@@ -463,6 +470,10 @@ def write_haproxy_config():
         "    timeout connect 5s",
         "    timeout client 1h",
         "    timeout server 1h",
+        # A connection an apiserver refuses (one that died without a graceful
+        # shutdown, before the checks noticed) is retried on another one.
+        "    retries 3",
+        "    option redispatch",
         "frontend kube-apiserver",
         "    bind %s:%d" % (LB_IP, PORT),
         "    default_backend kube-apiservers",
