@@ -227,8 +227,8 @@ def test_enable_encrypts_every_secret_and_is_idempotent(fresh_lab, provider, aut
         assert not created.overflowed, "inotify queue overflowed: cannot tell what was created"
         for node, directory in manifests.items():
             added = sorted(name for name in names[directory] - listed_before[node] if not name.startswith("."))
-            assert not added, "%s: files the kubelet would run as pods appeared in %s: %s" % (node, directory,
-                                                                                             added)
+            assert not added, "%s: files the kubelet would run as pods appeared in %s: %s" % (
+                node, directory, added)
     finally:
         created.close()
     WALL_TIMES.append(timing)
