@@ -10,10 +10,12 @@ from __future__ import annotations
 import base64
 import json
 import os
+import subprocess
 
 import pytest
 
 from ansible_collections.kubecrypt.at_rest.plugins.module_utils.storage_rewrite import resources_fingerprint
+from labctl import etcdctl_env, lab_path
 from standalone_k8s import StandaloneApiserver, run_module, secretbox_config
 
 SECRETS = 23
@@ -106,7 +108,9 @@ def test_rewrite_in_batches_writes_stale_objects_only(stale):
 
 
 def test_expired_continue_token_restarts_the_listing(stale):
-    # An API continue token at revision 2, long compacted: the apiserver answers 410 Gone.
+    # An API continue token at revision 2, compacted here (a fresh lab may not
+    # have compacted yet): the apiserver answers 410 Gone.
+    _compact_etcd()
     api_token = base64.urlsafe_b64encode(json.dumps(
         {"v": "meta.k8s.io/v1", "rv": 2, "start": "default/rw-05\u0000"}).encode()).decode().rstrip("=")
     module_token = base64.urlsafe_b64encode(json.dumps({"v": 1, "i": 0, "c": api_token, "f": _fingerprint()},
@@ -127,3 +131,13 @@ def test_bad_token_and_unknown_resource_fail_cleanly(stale):
 
 def _fingerprint():
     return resources_fingerprint(["secrets"], "default")
+
+
+def _compact_etcd():
+    """Compact the lab's etcd at its current revision (history only; no key is lost)."""
+    etcdctl = lab_path("bin", "etcdctl")
+    status = subprocess.run([etcdctl, "get", "/", "--prefix", "--keys-only", "--limit", "1", "-w", "json"],
+                            env=etcdctl_env(), stdout=subprocess.PIPE, check=True, timeout=60)
+    revision = json.loads(status.stdout)["header"]["revision"]
+    subprocess.run([etcdctl, "compact", str(revision)], env=etcdctl_env(), stdout=subprocess.PIPE,
+                   stderr=subprocess.PIPE, check=True, timeout=60)
