@@ -17,10 +17,10 @@ another.  Every key stays readable on every apiserver all the time, so a
 switch is always safe, and it is confirmed on every apiserver (served config
 hash) before the timed run starts.
 
-What is measured, per run: wall time, objects per second, peak RSS and CPU
-time of the client processes (kubectl: both processes of the pipeline, from
-wait4; storage_rewrite: the module process, run as Ansible runs it, from its
-file with an arguments file), and the CPU time the lab's apiservers, etcd
+What is measured, per run: wall time, objects per second, peak RSS (VmHWM)
+and CPU time (wait4) of the client processes (kubectl: both processes of the
+pipeline; storage_rewrite: the module process, run as Ansible runs it, from
+its file with an arguments file), and the CPU time the lab's apiservers, etcd
 members and haproxy spent meanwhile.  Keys live in memory and in 0600 files
 of a private directory only; nothing prints them.
 """
@@ -39,6 +39,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 from concurrent.futures import ThreadPoolExecutor
@@ -80,10 +81,59 @@ class Usage(object):
 
 
 def _reap(process):
-    """Wait for ``process`` with wait4; returns (exit code, rusage)."""
+    """Wait for ``process`` with wait4; returns (exit code, rusage).
+
+    The rusage gives CPU time, not the peak RSS: its ru_maxrss also counts
+    the memory the child shared with this process before exec (vfork), so a
+    small child of a big benchmark process would look big.  PeakRss measures
+    the program itself.
+    """
     _pid, status, usage = os.wait4(process.pid, 0)
     process.returncode = os.waitstatus_to_exitcode(status)
     return process.returncode, usage
+
+
+class PeakRss(object):
+    """The peak RSS (KiB) of a child process after its exec: its VmHWM, polled until it exits.
+
+    VmHWM belongs to the process's memory map, which exec replaces, so it
+    counts the program's own pages only.  Samples are taken only once the
+    process shows ``argv`` as its command line (before the exec it shows this
+    process's).  VmHWM never decreases, so the last sample is the peak up to
+    the last POLL seconds of the process's life.
+    """
+
+    POLL = 0.01
+
+    def __init__(self, process, argv):
+        self.peak_kib = 0
+        self._pid = process.pid
+        self._cmdline = b"\0".join(arg.encode() for arg in argv) + b"\0"
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _watch(self):
+        base = "/proc/%d/" % self._pid
+        while True:
+            try:
+                with open(base + "cmdline", "rb") as handle:
+                    exec_done = handle.read() == self._cmdline
+                with open(base + "status") as handle:
+                    status = handle.read()
+            except OSError:
+                return
+            if "VmHWM:" not in status:
+                return  # a zombie: exited
+            if exec_done:
+                self.peak_kib = max(self.peak_kib, int(status.split("VmHWM:")[1].split()[0]))
+            time.sleep(self.POLL)
+
+    def result(self):
+        """The peak in KiB; call after the process was reaped."""
+        self._thread.join()
+        if not self.peak_kib:
+            raise BenchError("no memory sample of process %d" % self._pid)
+        return self.peak_kib
 
 
 def _cpu(usage):
@@ -186,8 +236,9 @@ class Modules(object):
         try:
             with open(output, "wb") as stdout:
                 started = time.monotonic()
-                process = subprocess.Popen([sys.executable, os.path.join(REPO, "plugins", "modules", name + ".py"),
-                                            path], stdout=stdout, stderr=subprocess.PIPE, env=self.env)
+                argv = [sys.executable, os.path.join(REPO, "plugins", "modules", name + ".py"), path]
+                process = subprocess.Popen(argv, stdout=stdout, stderr=subprocess.PIPE, env=self.env)
+                peak = PeakRss(process, argv)
                 stderr = process.stderr.read()
                 process.stderr.close()
                 code, usage = _reap(process)
@@ -205,7 +256,7 @@ class Modules(object):
                 name, code, stderr.decode(errors="replace")[-500:]))
         if result.get("failed"):
             raise BenchError("module %s failed: %s" % (name, result.get("msg")))
-        return result, Usage(wall, usage.ru_maxrss, _cpu(usage))
+        return result, Usage(wall, peak.result(), _cpu(usage))
 
 
 # ---------------------------------------------------------------------------
@@ -363,12 +414,16 @@ def rewrite_with_kubectl(count):
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err_get, tempfile.TemporaryFile() as err_rep:
         meter = Meter()
         started = time.monotonic()
-        get = subprocess.Popen(base + ["get", "secrets", "-A", "-o", "json"], stdout=subprocess.PIPE,
-                               stderr=err_get)
-        replace = subprocess.Popen(base + ["replace", "-f", "-"], stdin=get.stdout, stdout=out, stderr=err_rep)
+        get_argv = base + ["get", "secrets", "-A", "-o", "json"]
+        replace_argv = base + ["replace", "-f", "-"]
+        get = subprocess.Popen(get_argv, stdout=subprocess.PIPE, stderr=err_get)
+        get_peak = PeakRss(get, get_argv)
+        replace = subprocess.Popen(replace_argv, stdin=get.stdout, stdout=out, stderr=err_rep)
+        replace_peak = PeakRss(replace, replace_argv)
         get.stdout.close()
         get_code, get_usage = _reap(get)
         replace_code, replace_usage = _reap(replace)
+        get_rss, replace_rss = get_peak.result(), replace_peak.result()
         wall = time.monotonic() - started
         lab = meter.stop()
         out.seek(0)
@@ -383,8 +438,8 @@ def rewrite_with_kubectl(count):
         raise BenchError("kubectl replaced %d objects, expected %d" % (replaced, count))
     return dict(tool="kubectl", wall=wall, rate=count / wall, lab_cpu=lab["lab_cpu"], machine_busy=lab["machine_busy"],
                 client_cpu=_cpu(get_usage) + _cpu(replace_usage),
-                rss_kib=dict(get=get_usage.ru_maxrss, replace=replace_usage.ru_maxrss),
-                peak_rss_kib=get_usage.ru_maxrss + replace_usage.ru_maxrss, rewritten=replaced)
+                rss_kib=dict(get=get_rss, replace=replace_rss), peak_rss_kib=get_rss + replace_rss,
+                rewritten=replaced)
 
 
 def rewrite_with_module(modules, count, concurrency, page_size):
