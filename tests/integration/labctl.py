@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
+import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -105,7 +107,7 @@ def ansible_env():
     env["ANSIBLE_CALLBACK_RESULT_FORMAT"] = "yaml"
     env["ANSIBLE_LOCALHOST_WARNING"] = "false"
     env["ANSIBLE_DEPRECATION_WARNINGS"] = "false"
-    bin_dir = os.path.dirname(os.path.abspath(__import__("sys").executable))
+    bin_dir = os.path.dirname(os.path.abspath(sys.executable))
     env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
     return env
 
@@ -114,7 +116,6 @@ def run_playbook(playbook, *args, extra_vars=None, timeout=1800, inventory=None)
     """Run ``playbook`` (a path, or a collection playbook such as
     ``kubecrypt.at_rest.enable``) against the lab; return the CompletedProcess
     with stdout and stderr merged into stdout."""
-    import sys
     argv = [os.path.join(os.path.dirname(os.path.abspath(sys.executable)), "ansible-playbook"),
             "-i", inventory or lab_path("inventory.yml"), playbook]
     if extra_vars:
@@ -143,10 +144,48 @@ def create_secrets(count, namespace="default", prefix="secret", chunk=500):
 
 def reset_lab():
     """A fresh lab: everything stopped and removed, then started again (plaintext, no config)."""
-    import sys
     script = os.path.join(REPO, "lab", "lab.py")
     for command in ("down", "up"):
         result = subprocess.run([sys.executable, script, command], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, check=False)
         if result.returncode != 0:
             raise AssertionError("lab %s failed:\n%s" % (command, result.stdout))
+
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def run_molecule(command, scenario, state_dir, *args, timeout=3600):
+    """Run ``molecule <command> -s <scenario>`` on this checkout and assert that it passed.
+
+    Molecule keeps its state in ``state_dir`` (this run's, not another
+    checkout's).  The scenarios pick up the config by rolling restarts
+    (KUBECRYPT_AUTOMATIC_RELOAD=false, minutes faster than the apiservers'
+    reload poll) unless the caller's environment says otherwise.  Returns
+    (output without colours, seconds).
+    """
+    env = ansible_env()
+    env.setdefault("KUBECRYPT_AUTOMATIC_RELOAD", "false")
+    env.update({"MOLECULE_EPHEMERAL_DIRECTORY": str(state_dir), "NO_COLOR": "1", "PY_COLORS": "0"})
+    executable = os.path.join(os.path.dirname(os.path.abspath(sys.executable)), "molecule")
+    started = time.monotonic()
+    result = subprocess.run([executable, command, "-s", scenario] + list(args), cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout, check=False)
+    seconds = time.monotonic() - started
+    output = ANSI.sub("", result.stdout)
+    print("\nmolecule %s -s %s: rc %d in %.0fs" % (command, scenario, result.returncode, seconds))
+    assert result.returncode == 0, "molecule %s -s %s failed (rc %d, %.0fs):\n%s" % (
+        command, scenario, result.returncode, seconds, tail(output))
+    return output, seconds
+
+
+def assert_molecule_steps(scenario, output, steps):
+    """Molecule reported each of ``steps`` of ``scenario`` as successful, and idempotence held."""
+    for step in steps:
+        assert re.search(r"%s \S+ %s\S* Executed: Successful" % (scenario, step), output), \
+            "molecule did not report the %s step of %s as successful:\n%s" % (step, scenario, tail(output))
+    assert "Idempotence test failed" not in output, tail(output)
+
+
+def tail(output, lines=80):
+    return "\n".join(output.splitlines()[-lines:])
