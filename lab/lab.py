@@ -705,41 +705,52 @@ def pod_pids():
 
 
 def stop_pid(pid, grace=30.0, group=False):
-    try:
-        (os.killpg if group else os.kill)(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
+    stop_pids([pid], grace, group)
+
+
+def stop_pids(pids, grace=30.0, group=False):
+    """SIGTERM every process of ``pids`` at once, wait up to ``grace`` seconds for all, then SIGKILL the rest."""
+    waiting = []
+    for pid in pids:
         try:
-            os.kill(pid, 0)
+            (os.killpg if group else os.kill)(pid, signal.SIGTERM)
+            waiting.append(pid)
         except ProcessLookupError:
-            return
-        # Reap if it is our child (it is not, normally) and check for zombies.
+            pass
+    deadline = time.monotonic() + grace
+    while waiting and time.monotonic() < deadline:
+        waiting = [pid for pid in waiting if _alive(pid)]
+        if waiting:
+            time.sleep(0.1)
+    for pid in waiting:
         try:
-            with open("/proc/%d/stat" % pid) as handle:
-                if handle.read().split(") ", 1)[1].startswith("Z"):
-                    return
-        except OSError:
-            return
-        time.sleep(0.1)
+            (os.killpg if group else os.kill)(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _alive(pid):
+    """False once ``pid`` is gone or a zombie (it is not our child, normally, so we cannot reap it)."""
     try:
-        (os.killpg if group else os.kill)(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+        with open("/proc/%d/stat" % pid) as handle:
+            return not handle.read().split(") ", 1)[1].startswith("Z")
+    except OSError:
+        return False
 
 
 def down(_args):
     if not os.path.isdir(LAB):
         say("nothing to stop (%s does not exist)" % _shown(LAB))
         return
-    # The kubelet stand-ins stop their pods; pods left behind by a stand-in
-    # that died are stopped by the pids it recorded.
+    # The kubelet stand-ins stop their pods, all nodes at once; pods left
+    # behind by a stand-in that died are stopped by the pids it recorded.
+    kubelets = []
     for name, _ip in NODES:
         pid = read_pid("kubelet-" + name)
         if pid and is_ours(pid):
             say("stopping kubelet stand-in of %s (pid %d) and its pods" % (name, pid))
-            stop_pid(pid, grace=60)
+            kubelets.append(pid)
+    stop_pids(kubelets, grace=60)
     for pid in pod_pids():
         if is_ours(pid):
             say("stopping leftover pod process %d" % pid)
