@@ -11,8 +11,10 @@ All in restart mode (KUBECRYPT_AUTOMATIC_RELOAD=false), minutes faster than
 the apiservers' reload poll; reload mode is tested end to end by the long
 tests (test_enable, test_rotate, test_traffic).  Each scenario is left
 standing (``--destroy never``) so that its keystore can be held against its
-output: no key may appear there.  The next scenario starts with its own
-destroy; ``plaintext_lab_afterwards`` leaves a fresh lab for what comes next.
+output: no key may appear there.  Each scenario starts on a fresh lab
+(``molecule destroy`` first: ``--destroy never`` skips the sequence's first
+destroy as well); ``plaintext_lab_afterwards`` leaves a fresh lab for what
+comes next.
 """
 
 from __future__ import annotations
@@ -45,6 +47,9 @@ SCENARIOS = {
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
 def test_molecule_scenario(scenario, tmp_path):
     steps, expected = SCENARIOS[scenario]
+    # --destroy never skips the destroy that starts the test sequence too:
+    # the scenario before this one is destroyed here.
+    run_molecule("destroy", scenario, tmp_path / "molecule")
     output, _seconds = run_molecule("test", scenario, tmp_path / "molecule", "--destroy", "never")
     assert_molecule_steps(scenario, output, steps)
     for pattern in expected:
