@@ -95,6 +95,9 @@ sanity: $(SANITY_VENV)/.installed deps
 	status=0; (cd $$root && $(CURDIR)/$(SANITY_VENV)/bin/ansible-test sanity --local --requirements --python 3.11 --color no) || status=$$?; \
 	rm -rf $$scratch; exit $$status
 
+lint: venv
+	$(VENV)/bin/ansible-lint --offline
+
 # Everything CI runs.  The pytest summary is the last thing printed; the lab is
 # removed at the end of the session when this run started it.
 test: venv deps binaries sanity lint
