@@ -18,11 +18,12 @@ from ansible_collections.kubecrypt.at_rest.plugins.module_utils.target import (
 
 
 def encryption_target(observed, resources, action, provider=None, keystore=None, prune=True, kms=None,
-                      rewrite_verified=False):
+                      rewrite_verified=False, rotation_in_progress=None):
     """Choose the target of an enable, rotate or disable run from what the nodes hold."""
     try:
         return choose_target(observed, resources, action, provider=provider, keystore=keystore, prune=prune,
-                             kms=kms, rewrite_verified=rewrite_verified)
+                             kms=kms, rewrite_verified=rewrite_verified,
+                             rotation_in_progress=rotation_in_progress)
     except TargetError as error:
         raise AnsibleFilterError("encryption_target: %s" % error)
 

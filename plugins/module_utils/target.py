@@ -85,7 +85,7 @@ def _provider_element(notation, keystore_index):
 
 
 def choose_target(observed, resources, action, provider=None, keystore=None, prune=True, kms=None,
-                  rewrite_verified=False):
+                  rewrite_verified=False, rotation_in_progress=None):
     """Choose the target of a run.
 
     ``observed``: node -> EncryptionConfiguration ``resources`` list or None
@@ -95,6 +95,12 @@ def choose_target(observed, resources, action, provider=None, keystore=None, pru
     identity.  ``kms``: the kms provider settings when ``provider`` is kms.
     ``rewrite_verified``: a scan made while every node wrote the candidate
     found nothing under any other provider/key (see ``scan_is_valid``).
+    ``rotation_in_progress``: the provider/key (``type:name``) of the rotation
+    the controller started and has not recorded as finished.  The nodes look
+    the same when a rotation is finished and when its run was stopped while
+    the last node restarted with the pruned config, so only the controller
+    can tell: ``rotate`` then finishes that rotation instead of starting
+    another one.
 
     Returns ``{target, generate, provider, candidate, scan_is_valid,
     kms_key_rotation, reason}``: ``target`` is the planner's target (None when
@@ -172,6 +178,11 @@ def choose_target(observed, resources, action, provider=None, keystore=None, pru
         if plan["phase"] == "done":
             reason = "%s is already the only %s write key: nothing to do" % (candidate, provider)
         return _result(target, False, provider, candidate, writes, reason)
+    if rotation_in_progress and candidate == rotation_in_progress:
+        return _result(target, False, provider, candidate, writes,
+                       "the rotation to %s reached every node's config, but the run that started it did not finish "
+                       "(the controller has not recorded it as finished): it is confirmed on every node and finished; "
+                       "no new key is generated" % candidate)
     return _result(None, True, provider, candidate, writes,
                    "the rotation to %s is complete: a new %s key is generated and escrowed" % (candidate, provider))
 

@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 
+import yaml
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LAB = os.environ.get("KUBECRYPT_LAB_DIR", os.path.join(REPO, ".lab"))
 NET = os.environ.get("KUBECRYPT_LAB_NET", "127.0.0")
@@ -18,6 +20,22 @@ LB = NET + ".10"
 
 def lab_path(*parts):
     return os.path.join(LAB, *parts)
+
+
+def config_path(node):
+    """The lab's encryption config file on ``node`` (where the inventory puts it)."""
+    return lab_path("nodes", node, "etc", "kubernetes", "enc", "encryption-config.yaml")
+
+
+def read_providers(node):
+    """``node``'s providers in order, as ``kind:key`` (``kind`` alone for a provider without keys)."""
+    with open(config_path(node)) as handle:
+        config = yaml.safe_load(handle)
+    names = []
+    for element in config["resources"][0]["providers"]:
+        for kind, body in element.items():
+            names += ["%s:%s" % (kind, key["name"]) for key in (body or {}).get("keys", [])] or [kind]
+    return names
 
 
 def manifests_dir(node):

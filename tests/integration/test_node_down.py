@@ -24,7 +24,8 @@ import pytest
 import yaml
 
 import labcheck
-from labctl import NODES, ansible_env, create_secrets, lab_path, readyz, reset_lab, run_playbook, wait_for
+from labctl import (NODES, ansible_env, config_path, create_secrets, lab_path, read_providers, readyz, reset_lab,
+                    run_playbook, wait_for)
 
 NAMESPACE = "node-down"
 SECRETS = 200
@@ -32,22 +33,8 @@ FAST = {"kubecrypt_automatic_reload": False}
 DOWN_NODE = "cp2"
 
 
-def config_path(node):
-    return lab_path("nodes", node, "etc", "kubernetes", "enc", "encryption-config.yaml")
-
-
 def manifest_path(node, name="kube-apiserver.yaml"):
     return lab_path("nodes", node, "etc", "kubernetes", "manifests", name)
-
-
-def read_providers(node):
-    with open(config_path(node)) as handle:
-        config = yaml.safe_load(handle)
-    names = []
-    for element in config["resources"][0]["providers"]:
-        for kind, body in element.items():
-            names += ["%s:%s" % (kind, key["name"]) for key in (body or {}).get("keys", [])] or [kind]
-    return names
 
 
 def keystore_names():

@@ -32,18 +32,14 @@ import yaml
 from nacl.secret import SecretBox
 
 import labcheck
-from labctl import (NODES, create_secrets, etcdctl_env, kubelet_state, lab_path, readyz, reset_lab, run_playbook,
-                    write_atomically)
+from labctl import (NODES, config_path, create_secrets, etcdctl_env, kubelet_state, lab_path, read_providers, readyz,
+                    reset_lab, run_playbook, write_atomically)
 
 pytestmark = pytest.mark.usefixtures("plaintext_lab_afterwards")
 
 NAMESPACE = "refusals"
 SECRETS = 200
 FAST = {"kubecrypt_automatic_reload": False, "kubecrypt_wait_timeout": 120}
-
-
-def config_path(node):
-    return lab_path("nodes", node, "etc", "kubernetes", "enc", "encryption-config.yaml")
 
 
 def manifest_path(node):
@@ -110,16 +106,6 @@ def show_refusal(title, output):
 def assert_no_key_material(output, extra_secrets=()):
     for secret in [entry["secret"] for entry in keystore()] + list(extra_secrets):
         assert secret not in output, "key material in the output"
-
-
-def read_providers(node):
-    with open(config_path(node)) as handle:
-        config = yaml.safe_load(handle)
-    names = []
-    for element in config["resources"][0]["providers"]:
-        for kind, body in element.items():
-            names += ["%s:%s" % (kind, key["name"]) for key in (body or {}).get("keys", [])] or [kind]
-    return names
 
 
 def edit_config(node, change):

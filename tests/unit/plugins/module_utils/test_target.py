@@ -64,6 +64,31 @@ def test_rotate_after_a_complete_rotation_generates():
     assert choice["generate"] and choice["provider"] == "secretbox"
 
 
+def test_rotate_finishes_the_rotation_the_controller_has_not_recorded_as_finished():
+    # Killed while the last node restarted with the pruned config: every node
+    # holds k2 alone, exactly as after a finished rotation.
+    observed = nodes(group(box("k2")), group(box("k2")), group(box("k2")))
+    choice = choose_target(observed, ["secrets"], "rotate", keystore=KEYSTORE, rotation_in_progress="secretbox:k2")
+    assert not choice["generate"] and choice["candidate"] == "secretbox:k2"
+    assert choice["target"]["provider"] == box("k2")
+    assert "no new key" in choice["reason"]
+
+
+def test_an_older_unfinished_rotation_does_not_stop_a_new_one():
+    # The journal names k1, but the nodes moved on to k2 since (by another
+    # action): the record is stale, and the rotation from k2 is a new one.
+    observed = nodes(group(box("k2")), group(box("k2")), group(box("k2")))
+    choice = choose_target(observed, ["secrets"], "rotate", keystore=KEYSTORE, rotation_in_progress="secretbox:k1")
+    assert choice["generate"]
+
+
+def test_an_unfinished_rotation_record_changes_no_other_action():
+    observed = nodes(group(box("k2")), group(box("k2")), group(box("k2")))
+    choice = choose_target(observed, ["secrets"], "enable", provider="secretbox", keystore=KEYSTORE,
+                           rotation_in_progress="secretbox:k2")
+    assert not choice["generate"] and "nothing to do" in choice["reason"]
+
+
 def test_rotate_without_prune_needs_a_verified_scan_to_count_as_complete():
     observed = nodes(group(box("k2", "k1")), group(box("k2", "k1")), group(box("k2", "k1")))
     unverified = choose_target(observed, ["secrets"], "rotate", keystore=KEYSTORE, prune=False)
