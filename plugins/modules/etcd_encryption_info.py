@@ -53,14 +53,16 @@ options:
     description:
       - Explicit etcd key prefixes to scan instead of O(resources), as a dictionary from a label (used in
         RV(by_resource)) to the full key prefix, for example C(secrets) to V(/registry/secrets/).
-      - O(prefix) does not apply to them. End each prefix with C(/), or keys of other resources whose name
+      - O(etcd_prefix) does not apply to them. End each prefix with C(/), or keys of other resources whose name
         starts the same way are counted too.
     type: dict
-  prefix:
+  etcd_prefix:
     description:
       - The C(--etcd-prefix) of kube-apiserver, under which it stores every resource.
+      - The same option as O(kubecrypt.at_rest.apiserver_wait#module:etcd_prefix).
     type: str
     default: /registry
+    aliases: [prefix]
   page_size:
     description:
       - Number of keys read from etcd per request. Memory use is bounded by one page of values.
@@ -394,7 +396,7 @@ def _argument_spec():
     spec.update(
         resources=dict(type="list", elements="str"),
         prefixes=dict(type="dict"),
-        prefix=dict(type="str", default="/registry"),
+        etcd_prefix=dict(type="str", default="/registry", aliases=["prefix"]),
         page_size=dict(type="int", default=500),
         sample_size=dict(type="int", default=20),
         expected_provider=dict(type="str"),
@@ -418,7 +420,7 @@ def _scan(params, keys):
     if params["sample_size"] < 0:
         raise EtcdEncryptionError("sample_size must not be negative, not %d" % params["sample_size"])
     decrypt = params["decrypt_check"] if params["decrypt_check"] is not None else bool(keys)
-    targets = etcd_prefixes(params["resources"], params["prefix"], params["prefixes"])
+    targets = etcd_prefixes(params["resources"], params["etcd_prefix"], params["prefixes"])
     tally = ScanTally(params["expected_provider"], keys, decrypt, params["sample_size"],
                       expected_kms_key_id=params["expected_kms_key_id"],
                       expected_kms_key_id_hash=params["expected_kms_key_id_hash"])

@@ -278,7 +278,7 @@ def _assert_nothing_secret(written, *texts):
 
 
 def test_module_reports_every_provider_and_decrypts_with_the_escrowed_keys(written):
-    args = dict(written.etcd, prefix=written.prefix, resources=["secrets", "configmaps"],
+    args = dict(written.etcd, etcd_prefix=written.prefix, resources=["secrets", "configmaps"],
                 expected_provider="secretbox:sb-1", keys=written.key_entries(), page_size=2, sample_size=10)
     result, output = run_module(written, args)
     assert not result.get("failed"), result.get("msg")
@@ -316,7 +316,7 @@ def test_module_all_expected_when_only_the_expected_key_is_scanned(written):
 
 
 def test_module_reports_values_under_keys_not_in_escrow(written):
-    args = dict(written.etcd, prefix=written.prefix, keys=written.key_entries(["secretbox"]))
+    args = dict(written.etcd, etcd_prefix=written.prefix, keys=written.key_entries(["secretbox"]))
     result, output = run_module(written, args)
     assert not result.get("failed"), result.get("msg")
     assert result["decrypt_failures"] == 3
@@ -331,7 +331,7 @@ def test_module_reports_values_under_keys_not_in_escrow(written):
 def test_module_with_wrong_key_bytes(written):
     entries = [dict(entry, secret=_b64(os.urandom(len(written.keys[entry["provider"]]))))
                for entry in written.key_entries()]
-    args = dict(written.etcd, prefix=written.prefix, keys=entries, sample_size=1)
+    args = dict(written.etcd, etcd_prefix=written.prefix, keys=entries, sample_size=1)
     result, output = run_module(written, args)
     assert result["decrypt_failures"] == 4 and result["decrypt_checked"] == 0
     assert len(result["decrypt_failure_sample"]) == 1
@@ -368,7 +368,7 @@ def test_module_explains_a_tls_failure(written):
 
 def test_module_refuses_a_key_of_the_wrong_length_before_reading(written):
     short = _b64(os.urandom(20))
-    args = dict(written.etcd, prefix=written.prefix,
+    args = dict(written.etcd, etcd_prefix=written.prefix,
                 keys=[{"provider": "secretbox", "name": "sb-1", "secret": short}])
     result, output = run_module(written, args)
     assert result["failed"]
