@@ -24,8 +24,7 @@ import pytest
 import yaml
 
 import labcheck
-from labctl import (NODES, ansible_env, config_path, create_secrets, lab_path, read_providers, readyz, reset_lab,
-                    run_playbook, wait_for)
+from labctl import NODES, ansible_env, create_secrets, lab_path, read_providers, readyz, reset_lab, run_playbook, wait_for
 
 NAMESPACE = "node-down"
 SECRETS = 200

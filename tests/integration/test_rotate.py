@@ -16,9 +16,8 @@ import re
 import time
 
 import pytest
-import yaml
 
-from labctl import NODES, lab_path, run_molecule, run_playbook
+from labctl import NODES, lab_path, read_providers, run_molecule, run_playbook
 
 pytestmark = pytest.mark.usefixtures("plaintext_lab_afterwards")
 
@@ -35,13 +34,6 @@ def molecule(tmp_path_factory):
         return run_molecule(name, "rotate", state)
 
     return step
-
-
-def read_providers(node):
-    with open(lab_path("nodes", node, "etc", "kubernetes", "enc", "encryption-config.yaml")) as handle:
-        config = yaml.safe_load(handle)
-    return ["%s:%s" % (kind, key["name"]) for element in config["resources"][0]["providers"]
-            for kind, body in element.items() for key in (body or {}).get("keys", [])]
 
 
 def manifest(node):
