@@ -100,7 +100,8 @@ def choose_target(observed, resources, action, provider=None, keystore=None, pru
     the same when a rotation is finished and when its run was stopped while
     the last node restarted with the pruned config, so only the controller
     can tell: ``rotate`` then finishes that rotation instead of starting
-    another one.
+    another one.  When that key is on no node yet (the run was stopped after
+    escrowing it), ``rotate`` rotates to it instead of generating another.
 
     Returns ``{target, generate, provider, candidate, scan_is_valid,
     kms_key_rotation, reason}``: ``target`` is the planner's target (None when
@@ -183,8 +184,24 @@ def choose_target(observed, resources, action, provider=None, keystore=None, pru
                        "the rotation to %s reached every node's config, but the run that started it did not finish "
                        "(the controller has not recorded it as finished): it is confirmed on every node and finished; "
                        "no new key is generated" % candidate)
+    pending = _pending_rotation_key(rotation_in_progress, provider, candidate, keystore_index)
+    if pending:
+        target = {"resources": resources, "provider": _provider_element(pending, keystore_index), "prune": prune}
+        return _result(target, False, provider, pending, writes,
+                       "the rotation to %s was started by this controller and its key reached no node yet: it is "
+                       "resumed with that key, no new key is generated" % pending)
     return _result(None, True, provider, candidate, writes,
                    "the rotation to %s is complete: a new %s key is generated and escrowed" % (candidate, provider))
+
+
+def _pending_rotation_key(rotation_in_progress, provider, candidate, keystore_index):
+    """The escrowed key of an unfinished rotation that no node holds yet, when it is newer than ``candidate``."""
+    entry = keystore_index.get(rotation_in_progress or "")
+    if not entry or entry[2].get("provider") != provider:
+        return None
+    if entry[:2] <= keystore_index[candidate][:2]:
+        return None  # older than what the nodes hold: a record left by another transition
+    return rotation_in_progress
 
 
 def _kms_key_rotation(observed, resources, writes, prune, rewrite_verified):

@@ -74,6 +74,29 @@ def test_rotate_finishes_the_rotation_the_controller_has_not_recorded_as_finishe
     assert "no new key" in choice["reason"]
 
 
+def test_rotate_resumes_with_the_escrowed_key_of_a_rotation_that_reached_no_node():
+    # Stopped after escrowing k2: the nodes still hold k1 alone.
+    observed = nodes(group(box("k1")), group(box("k1")), group(box("k1")))
+    choice = choose_target(observed, ["secrets"], "rotate", keystore=KEYSTORE, rotation_in_progress="secretbox:k2")
+    assert not choice["generate"] and choice["candidate"] == "secretbox:k2"
+    assert choice["target"]["provider"] == box("k2")
+    assert not choice["scan_is_valid"], "no node writes k2 yet"
+    assert "reached no node" in choice["reason"]
+
+
+def test_an_unfinished_rotation_record_of_another_provider_type_is_not_resumed():
+    keystore = KEYSTORE + [{"name": "c3", "provider": "aescbc", "secret": K1, "created": "2026-03-01T00:00:00Z"}]
+    observed = nodes(group(box("k1")), group(box("k1")), group(box("k1")))
+    choice = choose_target(observed, ["secrets"], "rotate", keystore=keystore, rotation_in_progress="aescbc:c3")
+    assert choice["generate"] and choice["provider"] == "secretbox"
+
+
+def test_a_record_naming_a_key_the_keystore_lacks_is_not_resumed():
+    observed = nodes(group(box("k1")), group(box("k1")), group(box("k1")))
+    choice = choose_target(observed, ["secrets"], "rotate", keystore=KEYSTORE, rotation_in_progress="secretbox:k9")
+    assert choice["generate"]
+
+
 def test_an_older_unfinished_rotation_does_not_stop_a_new_one():
     # The journal names k1, but the nodes moved on to k2 since (by another
     # action): the record is stale, and the rotation from k2 is a new one.
