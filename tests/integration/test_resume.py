@@ -24,11 +24,11 @@ own modules):
   (etcd.yaml, kube-apiserver.yaml, kms-plugin.yaml).
 
 After the round's last run (rc 0): every Secret in etcd is under the new key,
-which is the key that the first run whose key reached a node generated (a run
-that starts while a new key is escrowed and recorded, or on some node, must not generate another one);
-every node holds that key and nothing else; the old key and every key the
-round generated but did not use are on no node; every apiserver returns every
-Secret unchanged.
+the only key the round generated (the first run escrows it and records the
+rotation before its kill; a run that starts while a new key is recorded, or on
+some node, must not generate another one); every node holds that key and
+nothing else; the old key is on no node; every apiserver returns every Secret
+unchanged.
 
 One apiserver is also SIGKILLed (the process, not the playbook) while the
 playbook waits for it during a roll; that run must go on undisturbed until
